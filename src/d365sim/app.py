@@ -168,6 +168,11 @@ class Simulator:
             ]
             return detail
 
+        @api.get("/stats")
+        async def stats() -> dict[str, Any]:
+            """Job statistics: imports, overlaps per legal entity, statuses."""
+            return self.runner.stats.as_dict(self.runner.all())
+
         @api.get("/counters")
         async def counters() -> dict[str, int]:
             return self.counters.snapshot()

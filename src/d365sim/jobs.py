@@ -100,6 +100,27 @@ def new_execution_id(project: str, now: datetime) -> str:
     return f"{project}-{now:%Y-%m-%d_%H-%M-%S}-{uuid.uuid4()}"
 
 
+@dataclass
+class RunnerStats:
+    """What the benchmarks and crash tests read to judge a client's behaviour."""
+
+    import_overlaps: int = 0  # imports submitted while another for the same company ran
+    max_in_flight_imports: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self, executions: list[Execution]) -> dict[str, Any]:
+        imports = [e for e in executions if e.kind == "Import"]
+        return {
+            "imports": len(imports),
+            "exports": len(executions) - len(imports),
+            "importOverlaps": self.import_overlaps,
+            "maxInFlightImportsByLegalEntity": dict(self.max_in_flight_imports),
+            "rowsImported": sum(r.written for e in imports for r in e.results),
+            "byStatus": {
+                status.value: sum(1 for e in executions if e.status == status) for status in Status
+            },
+        }
+
+
 class JobRunner:
     def __init__(
         self,
@@ -118,6 +139,7 @@ class JobRunner:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._workdir = tempfile.TemporaryDirectory(prefix="d365sim-jobs-")
+        self.stats = RunnerStats()
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -141,6 +163,7 @@ class JobRunner:
                 if execution.status not in FINAL:
                     execution.status = Status.CANCELED
             self._executions.clear()
+            self.stats = RunnerStats()
 
     # -- executions ----------------------------------------------------------------------------
     def get(self, execution_id: str) -> Execution | None:
@@ -156,6 +179,21 @@ class JobRunner:
         with self._lock:
             if execution.id in self._executions:
                 return False
+            if execution.kind == "Import":
+                # Clients should serialise imports per legal entity (C4); count when they don't.
+                in_flight = sum(
+                    1
+                    for other in self._executions.values()
+                    if other.kind == "Import"
+                    and other.legal_entity == execution.legal_entity
+                    and other.status not in FINAL
+                )
+                if in_flight:
+                    self.stats.import_overlaps += 1
+                peak = self.stats.max_in_flight_imports
+                peak[execution.legal_entity] = max(
+                    peak.get(execution.legal_entity, 0), in_flight + 1
+                )
             execution.bad_status_polls = self.config.faults.status_bad_requests
             self._executions[execution.id] = execution
             return True

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import FrozenInstanceError, dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -16,8 +16,10 @@ from d365sim.entities import BY_NAME, DECIMAL, ENUMS, INT32, INT64, EntitySet, F
 from d365sim.odata_query import (
     And,
     Arith,
+    ArithOp,
     BoolLit,
     Compare,
+    CompareOp,
     DateTimeLit,
     DecimalLit,
     EnumLit,
@@ -108,13 +110,13 @@ def assert_same(text: str, rows: Sequence[Mapping[str, object]], expected: set[i
 
 
 @pytest.mark.parametrize("op", ["eq", "ne", "gt", "ge", "lt", "le"])
-def test_comparison_operators(op: str) -> None:
-    assert parse(f"Price {op} 5") == Compare(op, p("Price"), IntLit(5))  # type: ignore[arg-type]
+def test_comparison_operators(op: CompareOp) -> None:
+    assert parse(f"Price {op} 5") == Compare(op, p("Price"), IntLit(5))
 
 
 @pytest.mark.parametrize("op", ["add", "sub", "mul", "div", "mod"])
-def test_arithmetic_operators(op: str) -> None:
-    expected = Compare("gt", Arith(op, p("Price"), IntLit(2)), IntLit(0))  # type: ignore[arg-type]
+def test_arithmetic_operators(op: ArithOp) -> None:
+    expected = Compare("gt", Arith(op, p("Price"), IntLit(2)), IntLit(0))
     assert parse(f"Price {op} 2 gt 0") == expected
 
 
@@ -380,7 +382,9 @@ def test_semantics_agree_between_sql_and_python(text: str, expected: set[int]) -
 
 def test_datetime_semantics_with_fractions_and_offsets() -> None:
     t = datetime(2024, 1, 31, 12, 0, 0, tzinfo=UTC)
-    rows = [{"PriceApplicableFromDate": t + timedelta(seconds=s)} for s in (-1, 0, 1)]
+    rows: list[dict[str, object]] = [
+        {"PriceApplicableFromDate": t + timedelta(seconds=s)} for s in (-1, 0, 1)
+    ]
     rows.append({"PriceApplicableFromDate": None})
     assert_same("PriceApplicableFromDate eq 2024-01-31T13:00:00+01:00", rows, {1})
     assert_same("PriceApplicableFromDate gt 2024-01-31T12:00:00Z", rows, {2})
@@ -399,6 +403,13 @@ def test_enum_semantics() -> None:
     assert_same("WillSearchContinue eq NoYes'Yes'", rows, {0})
     assert_same("WillSearchContinue ne NoYes'Yes'", rows, {1, 2})
     assert_same("WillSearchContinue eq null", rows, {2})
+
+
+def test_case_folding_is_ascii_only_like_sqlite_nocase() -> None:
+    rows = [{"ItemNumber": v} for v in ("É", "é", "E", "e")]
+    assert_same("ItemNumber eq 'é'", rows, {1})
+    assert_same("ItemNumber eq 'E'", rows, {2, 3})
+    assert_same("ItemNumber eq 'é*'", rows, {1})
 
 
 def test_evaluate_accepts_floats_and_naive_datetimes() -> None:
@@ -442,8 +453,9 @@ def test_select() -> None:
 
 def test_ast_is_immutable() -> None:
     expr = parse("Price gt 1")
-    with pytest.raises(AttributeError):
-        expr.op = "lt"  # type: ignore[misc,union-attr]
+    assert isinstance(expr, Compare)
+    with pytest.raises(FrozenInstanceError):
+        expr.op = "lt"  # type: ignore[misc]
 
 
 # --------------------------------------------------------------------------- generated ASTs
@@ -453,8 +465,9 @@ DECIMAL_FIELDS = ("Price", "SalesPriceQuantity")
 INT_FIELDS = ("RecordId",)
 DATETIME_FIELDS = ("PriceApplicableFromDate", "PriceApplicableToDate")
 ENUM_FIELD = "WillSearchContinue"
-COMPARE_OPS = ("eq", "ne", "gt", "ge", "lt", "le")
-ARITH_OPS = ("add", "sub", "mul", "div", "mod")
+COMPARE_OPS: tuple[CompareOp, ...] = ("eq", "ne", "gt", "ge", "lt", "le")
+EQUALITY_OPS: tuple[CompareOp, ...] = ("eq", "ne")
+ARITH_OPS: tuple[ArithOp, ...] = ("add", "sub", "mul", "div", "mod")
 
 
 @dataclass(frozen=True)
@@ -468,20 +481,21 @@ class Pools:
     divisor: st.SearchStrategy[Expr] | None  # None: any numeric expression may divide
 
 
+BASE = datetime(2024, 1, 31, 12, 0, 0, tzinfo=UTC)
+# Few distinct strings so comparisons hit: case variants, non-ASCII, LIKE specials, quotes.
+SAMPLE_TEXT = ["", "a", "A", "ab", "aB", "b", "é", "É", "a%", "a_b", "%", "a\\", "*", "O'B"]
+SAMPLE_PATTERNS = ["*", "a*", "A*B", "*b", "*%*", "*_*", "é*", "*\\*", "**", "O'*", "*a*"]
+ROW_TEXT = st.one_of(st.sampled_from(SAMPLE_TEXT), st.text(alphabet="aAbB*%_\\' éÉ", max_size=3))
+
 WIDE = Pools(
-    text=st.text(),
+    text=st.one_of(st.text(), ROW_TEXT, st.sampled_from(SAMPLE_PATTERNS)),
     integer=st.integers(-(2**63), 2**63 - 1),
     decimal=st.decimals(allow_nan=False, allow_infinity=False, places=3),
     instant=st.datetimes(timezones=st.just(UTC), allow_imaginary=False),
     divisor=None,
 )
 
-BASE = datetime(2024, 1, 31, 12, 0, 0, tzinfo=UTC)
 # Multiples of 1/4 and power-of-two divisors keep SQLite's doubles exactly equal to Decimals.
-# Few distinct strings so comparisons hit: case variants, non-ASCII, LIKE specials, quotes.
-SAMPLE_TEXT = ["", "a", "A", "ab", "aB", "b", "é", "É", "a%", "a_b", "%", "a\\", "*", "O'B"]
-SAMPLE_PATTERNS = ["*", "a*", "A*B", "*b", "*%*", "*_*", "é*", "*\\*", "**", "O'*", "*a*"]
-ROW_TEXT = st.one_of(st.sampled_from(SAMPLE_TEXT), st.text(alphabet="aAbB*%_\\' éÉ", max_size=3))
 NARROW = Pools(
     text=st.one_of(ROW_TEXT, st.sampled_from(SAMPLE_PATTERNS)),
     integer=st.integers(-6, 6),
@@ -525,7 +539,7 @@ def instant_literal(pools: Pools) -> st.SearchStrategy[Expr]:
     )
 
 
-def ordered(op: st.SearchStrategy[str], a: Expr, b: Expr) -> st.SearchStrategy[Expr]:
+def ordered(op: st.SearchStrategy[CompareOp], a: Expr, b: Expr) -> st.SearchStrategy[Expr]:
     return st.builds(lambda o, swap: Compare(o, *((b, a) if swap else (a, b))), op, st.booleans())
 
 
@@ -535,7 +549,7 @@ def comparison(draw: st.DrawFn, pools: Pools, depth: int) -> Expr:
     any_op = st.sampled_from(COMPARE_OPS)
     if kind == "string":
         a: Expr = Property(draw(st.sampled_from(STRING_FIELDS)))
-        b = draw(st.one_of(pools.text.map(StringLit), st.sampled_from(STRING_FIELDS).map(p)))
+        b: Expr = draw(st.one_of(pools.text.map(StringLit), st.sampled_from(STRING_FIELDS).map(p)))
         return draw(ordered(any_op, a, b))
     if kind == "number":
         a = draw(numeric(pools, 1).filter(lambda e: not isinstance(e, IntLit | DecimalLit)))
@@ -546,16 +560,16 @@ def comparison(draw: st.DrawFn, pools: Pools, depth: int) -> Expr:
         return draw(ordered(any_op, a, b))
     if kind == "enum":
         member = draw(st.sampled_from(ENUMS["NoYes"]))
-        return draw(ordered(st.sampled_from(["eq", "ne"]), p(ENUM_FIELD), EnumLit("NoYes", member)))
+        return draw(ordered(st.sampled_from(EQUALITY_OPS), p(ENUM_FIELD), EnumLit("NoYes", member)))
     if kind == "null":
         field = draw(st.sampled_from(PRICES.fields))
-        op = st.sampled_from(["eq", "ne"]) if field.is_enum else any_op
+        op = st.sampled_from(EQUALITY_OPS) if field.is_enum else any_op
         return draw(ordered(op, p(field.name), NullLit()))
     if depth == 0:
         return BoolLit(draw(st.booleans()))
     inner = draw(boolean(pools, depth - 1))
     other = draw(st.one_of(st.booleans().map(BoolLit), boolean(pools, depth - 1)))
-    return draw(ordered(st.sampled_from(["eq", "ne"]), inner, other))
+    return draw(ordered(st.sampled_from(EQUALITY_OPS), inner, other))
 
 
 def boolean(pools: Pools, depth: int) -> st.SearchStrategy[Expr]:
