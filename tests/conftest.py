@@ -29,3 +29,9 @@ def blob_store(azurite: Azurite) -> Iterator[BlobStore]:
     store.ensure_container()
     with store:
         yield store
+
+
+# d365sim served over real HTTP, for the simulator's conformance suite and d365ct's adapters.
+from tests.sim_fixtures import fresh_sim, running_sim, sim  # noqa: E402
+
+__all__ = ["azurite", "blob_store", "fresh_sim", "running_sim", "sim"]

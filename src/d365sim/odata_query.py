@@ -148,7 +148,7 @@ _UNSUPPORTED_OPS = ("has", "in")
 _OPERATOR_WORDS = frozenset(
     {*_COMPARE_OPS, *_ADD_OPS, *_MUL_OPS, *_UNSUPPORTED_OPS, "and", "or", "not"}
 )
-_LITERAL_WORDS = frozenset({"true", "false", "null"})
+_KEYWORDS = _OPERATOR_WORDS | {"true", "false", "null"}
 
 # ODL's operator kinds, which its type errors name.
 _OPERATOR_KINDS = {
@@ -166,6 +166,13 @@ _OPERATOR_KINDS = {
     "and": "And",
     "or": "Or",
 }
+
+# The parser spends several stack frames per parenthesis or `not`, and the checker, SQL builder,
+# evaluator and renderer one to three per AST level, so both are capped well inside Python's
+# default recursion limit. 250 levels is more than a D365 URL's length allows in practice.
+_MAX_NESTING = 100
+_MAX_DEPTH = 250
+_TOO_DEEP = "The $filter expression is nested too deeply; at most {} levels are supported."
 
 _INT32_RANGE = range(-(2**31), 2**31)
 _INT64_RANGE = range(-(2**63), 2**63)
@@ -290,7 +297,7 @@ def _tokenize(text: str) -> list[_Token]:
         m = _IDENT.match(text, i)
         if m is not None:
             name, end = m.group(), m.end()
-            if text.startswith("'", end) and name not in _OPERATOR_WORDS | _LITERAL_WORDS:
+            if text.startswith("'", end) and name not in _KEYWORDS:
                 scanned = _scan_string(text, end)
                 if scanned is None:
                     message = (
@@ -348,6 +355,10 @@ class _FilterParser(_Stream):
     `not` takes a whole comparison (`not Price gt 5`), and comparisons chain to the left as in ODL.
     """
 
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.nesting = 0
+
     def parse(self) -> Expr:
         if self.peek().kind == "end":
             raise self.error()
@@ -355,7 +366,14 @@ class _FilterParser(_Stream):
         token = self.peek()
         if token.kind != "end":
             raise self.error(token)
+        if _depth(expr) > _MAX_DEPTH:
+            raise ODataQueryError(_TOO_DEEP.format(_MAX_DEPTH))
         return expr
+
+    def nest(self, step: int) -> None:
+        self.nesting += step
+        if self.nesting > _MAX_NESTING:
+            raise ODataQueryError(_TOO_DEEP.format(_MAX_NESTING))
 
     def or_expr(self) -> Expr:
         left = self.and_expr()
@@ -374,7 +392,10 @@ class _FilterParser(_Stream):
     def not_expr(self) -> Expr:
         if self.at_word("not"):
             self.advance()
-            return Not(self.not_expr())
+            self.nest(1)
+            operand = self.not_expr()
+            self.nest(-1)
+            return Not(operand)
         return self.compare_expr()
 
     def compare_expr(self) -> Expr:
@@ -414,10 +435,12 @@ class _FilterParser(_Stream):
         token = self.peek()
         if token.kind == "(":
             self.advance()
+            self.nest(1)
             expr = self.or_expr()
             if self.peek().kind != ")":
                 raise self.error()
             self.advance()
+            self.nest(-1)
             return expr
         if token.kind == "literal":
             assert token.node is not None
@@ -461,6 +484,27 @@ def _unsupported_function(name: str) -> ODataQueryError:
     if name in ("contains", "startswith", "endswith"):
         return ODataQueryError(f"{message}; use eq with * wildcards, e.g. Name eq '*text*'.")
     return ODataQueryError(f"{message}.")
+
+
+def _children(expr: Expr) -> tuple[Expr, ...]:
+    match expr:
+        case Compare(_, left, right) | Arith(_, left, right) | And(left, right) | Or(left, right):
+            return (left, right)
+        case Not(operand):
+            return (operand,)
+        case _:
+            return ()
+
+
+def _depth(expr: Expr) -> int:
+    # Iterative, since the point is to refuse trees too deep for the recursive passes.
+    deepest = 0
+    stack = [(expr, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in _children(node))
+    return deepest
 
 
 # --------------------------------------------------------------------------- type checking
@@ -700,15 +744,7 @@ def _like_pattern(pattern: str) -> str:
 
 
 def _has_property(expr: Expr) -> bool:
-    match expr:
-        case Property():
-            return True
-        case Compare(_, left, right) | Arith(_, left, right) | And(left, right) | Or(left, right):
-            return _has_property(left) or _has_property(right)
-        case Not(operand):
-            return _has_property(operand)
-        case _:
-            return False
+    return isinstance(expr, Property) or any(_has_property(c) for c in _children(expr))
 
 
 def _nullable(expr: Expr) -> bool:

@@ -6,8 +6,8 @@ import uuid
 
 import httpx
 
-from tests.d365sim.conftest import SEED_PRODUCTS, RunningSim
 from tests.d365sim.dmf_client import Dmf, package
+from tests.sim_fixtures import SEED_PRODUCTS, RunningSim
 
 
 def test_faults_and_settings_change_at_run_time(sim: RunningSim) -> None:

@@ -6,7 +6,7 @@ import time
 
 import httpx
 
-from tests.d365sim.conftest import RunningSim
+from tests.sim_fixtures import RunningSim
 
 
 def _form(sim: RunningSim, **overrides: str) -> dict[str, str]:

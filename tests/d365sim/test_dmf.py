@@ -11,8 +11,8 @@ import zipfile
 import httpx
 import pytest
 
-from tests.d365sim.conftest import RunningSim
 from tests.d365sim.dmf_client import Dmf, package
+from tests.sim_fixtures import RunningSim
 
 SUBTYPE = "Microsoft.Dynamics.DataEntities.EcoResProductSubtype"
 

@@ -6,7 +6,7 @@ import xml.etree.ElementTree as ET
 from urllib.parse import quote
 
 from d365sim.entities import BY_NAME
-from tests.d365sim.conftest import RunningSim
+from tests.sim_fixtures import RunningSim
 
 SAFE = "()=',"
 

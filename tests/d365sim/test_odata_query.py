@@ -234,6 +234,20 @@ def test_syntax_errors(text: str, message: str) -> None:
     assert message in error_of(text)
 
 
+def test_depth_limits_keep_recursion_bounded() -> None:
+    def chain(n: int) -> str:
+        return " or ".join(f"ItemNumber eq '{i}'" for i in range(n))
+
+    expr = parse(chain(240))
+    assert evaluate(expr, {"ItemNumber": "239"})
+    assert to_sql(expr, PRICES)[1][-1] == "239"
+    assert parse(render(expr)) == expr
+    assert "nested too deeply; at most 250 levels" in error_of(chain(260))
+    assert parse("(" * 100 + "Price gt 1" + ")" * 100) == Compare("gt", p("Price"), IntLit(1))
+    assert "at most 100 levels" in error_of("(" * 101 + "Price gt 1" + ")" * 101)
+    assert "at most 100 levels" in error_of("not " * 101 + "Price gt 1")
+
+
 def test_unknown_property_names_the_entity_type() -> None:
     assert error_of("Foo eq 1", CUSTOMERS) == (
         "Could not find a property named 'Foo' "

@@ -1,4 +1,4 @@
-"""Fixtures that run d365sim as a real HTTP server on a free port, backed by Azurite."""
+"""d365sim served over real HTTP on a free port, backed by Azurite: the D365 peer of our tests."""
 
 from __future__ import annotations
 
