@@ -6,6 +6,7 @@ Azurite comes from the project's Node peers (`make install`); it listens on 127.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import re
 import shutil
@@ -26,6 +27,7 @@ BIN_ENV = "D365SIM_AZURITE_BIN"
 HOST = "127.0.0.1"
 
 _RELATIVE_BIN = Path("node_modules", ".bin", "azurite-blob")
+_PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
 # Azurite binds port 0 to a free port and reports the real one on stdout; reading it back avoids
 # the race of probing for a free port and then handing it to another process.
 _LISTENING = re.compile(r"listens on https?://[^\s/]+:(\d+)")
@@ -129,6 +131,7 @@ class Azurite:
                     cwd=self._workdir,
                     # Its own process group, so stop() also reaches anything Node spawns.
                     start_new_session=True,
+                    preexec_fn=_die_with_parent,
                 )
             except OSError as error:
                 self.stop()
@@ -204,6 +207,16 @@ class Azurite:
             if (text := self._log(f"{stream}.log")).strip()
         ]
         return "".join(parts) or " (no output)"
+
+
+def _die_with_parent() -> None:
+    """Linux: have the kernel SIGTERM Azurite when its parent dies, even by SIGKILL.
+
+    Without it a killed test run or simulator leaves storage servers running.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
