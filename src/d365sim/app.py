@@ -43,9 +43,9 @@ class Simulator:
         """Replace all entity data with the deterministic seed for `products` products."""
         self.store.reset()
         written: dict[str, int] = {}
-        if products > 0 or onhand_rows:
-            for entity, rows in generate(products, seed=seed, onhand_rows=onhand_rows):
-                written[entity.name] = self.store.insert_many(entity, rows)
+        # Even with no products, companies, warehouses and customer groups exist.
+        for entity, rows in generate(products, seed=seed, onhand_rows=onhand_rows):
+            written[entity.name] = self.store.insert_many(entity, rows)
         return written
 
     def reset(self) -> None:
@@ -148,7 +148,10 @@ class Simulator:
             for name, value in body.items():
                 if name not in SETTINGS:
                     raise HTTPException(400, f"unknown setting '{name}'; known: {list(SETTINGS)}")
-                setattr(config, name, type(getattr(config, name))(value))
+                typed = type(getattr(config, name))(value)
+                if name != "default_company" and typed < (1 if name == "page_size" else 0):
+                    raise HTTPException(400, f"setting '{name}' must be positive")
+                setattr(config, name, typed)
             return {name: getattr(config, name) for name in SETTINGS}
 
         @api.get("/jobs")

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Annotated
@@ -128,6 +130,9 @@ def serve(
 
         application = simulator.app(on_ready=announce)
 
+        # uvicorn re-raises SIGTERM after its graceful shutdown; turning it into SystemExit
+        # lets this block unwind and stop Azurite instead of dying on the spot.
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
         server = uvicorn.Server(
             uvicorn.Config(application, log_level="warning", access_log=False, lifespan="on")
         )

@@ -97,7 +97,9 @@ def middleware(
         if not issuer.validate(request.headers.get("authorization")):
             counters.add("401")
             return Response(status_code=401, headers={"WWW-Authenticate": "Bearer"})
-        wait = throttle.retry_after(faults.throttle_rps)
+        # Service protection documents DIXF/DMF as exempt: throttle OData, not package actions.
+        exempt = path.startswith("/data/DataManagementDefinitionGroups/")
+        wait = None if exempt else throttle.retry_after(faults.throttle_rps)
         if wait is not None:
             counters.add("429")
             return odata_error(429, THROTTLE_MESSAGE, headers={"Retry-After": str(wait)})

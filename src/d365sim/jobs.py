@@ -270,6 +270,9 @@ class JobRunner:
         if project is None:
             execution.messages.append(f"Data project '{execution.project}' was not found.")
             return Status.FAILED
+        if not Importer(self.store, execution.legal_entity).company_exists:
+            execution.messages.append(f"Company '{execution.legal_entity}' does not exist.")
+            return Status.FAILED
         path = self.workfile(f"{uuid.uuid4().hex}.zip")
         try:
             counts = write_package(

@@ -157,7 +157,7 @@ def metadata_xml(entities: Iterable[EntitySet]) -> str:
         out.append(f'<EntityType Name="{entity.type_name}">')
         out.append("<Key>" + "".join(f'<PropertyRef Name="{k}"/>' for k in entity.keys) + "</Key>")
         for field in entity.fields:
-            nullable = "false" if field.name in entity.keys or field.type != DATETIME else "true"
+            nullable = "false" if field.name in entity.keys else "true"
             attrs = f'Name="{field.name}" Type="{field.edm_type}" Nullable="{nullable}"'
             if field.max_length:
                 attrs += f' MaxLength="{field.max_length}"'
@@ -401,6 +401,7 @@ def router(config: SimConfig, store: EntityStore) -> APIRouter:
             headers={"ETag": tag},
         )
 
+    @api.put("/data/{segment}")
     @api.patch("/data/{segment}")
     async def update(segment: str, request: Request) -> Response:
         try:
