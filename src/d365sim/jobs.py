@@ -60,6 +60,7 @@ class Execution:
     error_key_files: dict[str, str | None] = field(default_factory=dict)  # label → blob name
     bad_status_polls: int = 0  # transient 400s still to answer on status polls
     rows: int = 0
+    canceled: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def result_for(self, entity_name: str) -> EntityResult | None:
         wanted = BY_NAME.get(entity_name) or by_label(entity_name)
@@ -150,6 +151,7 @@ class JobRunner:
 
     def stop(self) -> None:
         self._stop.set()
+        self.reset()
         for _ in self._threads:
             self._queue.put(None)
         for thread in self._threads:
@@ -162,6 +164,7 @@ class JobRunner:
             for execution in self._executions.values():
                 if execution.status not in FINAL:
                     execution.status = Status.CANCELED
+                    execution.canceled.set()  # frees its batch thread at once
             self._executions.clear()
             self.stats = RunnerStats()
 
@@ -229,7 +232,9 @@ class JobRunner:
                 final = Status.FAILED
             # The latency model: D365's batch takes a fixed cost plus a cost per row.
             target = self.config.job_seconds + self.config.row_ms * execution.rows / 1000
-            self._stop.wait(max(0.0, target - (time.monotonic() - began)))
+            remaining = max(0.0, target - (time.monotonic() - began))
+            if not self._stop.is_set():
+                execution.canceled.wait(remaining)
             execution.finished_at = datetime.now(UTC)
             if execution.status != Status.CANCELED:
                 execution.status = final
