@@ -32,6 +32,8 @@ def blob_store(azurite: Azurite) -> Iterator[BlobStore]:
 
 
 # d365sim served over real HTTP, for the simulator's conformance suite and d365ct's adapters.
+# The commercetools mock server (Node), for the commercetools adapter and flows.
+from tests.ct_fixtures import ct_mock, ct_mock_server  # noqa: E402
 from tests.sim_fixtures import fresh_sim, running_sim, sim  # noqa: E402
 
-__all__ = ["azurite", "blob_store", "fresh_sim", "running_sim", "sim"]
+__all__ = ["azurite", "blob_store", "ct_mock", "ct_mock_server", "fresh_sim", "running_sim", "sim"]

@@ -1,0 +1,1 @@
+"""Tests of the commercetools adapter: pure action builders, the client, and the mock server."""
