@@ -98,11 +98,102 @@ class D365Settings(_Section):
 
 class StoreSettings(_Section):
     url: str = "sqlite:///d365ct.sqlite"
+    workdir: Path = Path(".d365ct-work")  # packages being built or downloaded
+
+
+class CommercetoolsClientSettings(_Section):
+    """One API client per concern (C2), with least-privilege scopes."""
+
+    client_id: str
+    client_secret: SecretRef
+    scopes: tuple[str, ...] = ()
+
+
+CONCERNS = ("catalog", "inventory", "orders", "customers")
+
+
+class CommercetoolsSettings(_Section):
+    project_key: str
+    api_url: str = "https://api.europe-west1.gcp.commercetools.com"
+    auth_url: str = "https://auth.europe-west1.gcp.commercetools.com"
+    # The real token endpoint takes `scope` in the form body; the local mock only in the query.
+    scope_in_query: bool = False
+    clients: dict[str, CommercetoolsClientSettings] = Field(default_factory=dict)
+    max_concurrency: int = Field(16, ge=1)
+
+    @field_validator("clients")
+    @classmethod
+    def _known_concerns(
+        cls, value: dict[str, CommercetoolsClientSettings]
+    ) -> dict[str, CommercetoolsClientSettings]:
+        unknown = sorted(set(value) - set(CONCERNS))
+        if unknown:
+            raise ValueError(f"unknown client concern(s) {unknown}; known: {list(CONCERNS)}")
+        return value
+
+    def client(self, concern: str) -> CommercetoolsClientSettings:
+        try:
+            return self.clients[concern]
+        except KeyError:
+            raise ConfigurationError(
+                f"commercetools.clients.{concern} is not configured "
+                f"(client_id, client_secret, scopes)"
+            ) from None
+
+
+class LegalEntitySettings(_Section):
+    id: str  # D365 dataAreaId
+    currency: str
+    stores: tuple[str, ...] = ()  # commercetools Store keys routed to this legal entity
+    countries: tuple[str, ...] = ()  # ISO country codes routed here when no store matches
+    guest_customer_account: str | None = None  # D365 account for guest orders
+
+    @field_validator("id")
+    @classmethod
+    def _lower(cls, value: str) -> str:
+        return value.lower()  # D365 answers dataAreaId in lower case
+
+
+class WarehouseSettings(_Section):
+    legal_entity: str
+    warehouse: str  # InventoryWarehouseId
+    supply_channel: str  # commercetools Channel key (role InventorySupply)
+
+
+class CatalogSettings(_Section):
+    product_type: str = "d365-product"  # commercetools ProductType key
+    variant_limit: int = Field(100, ge=1)  # commercetools' documented default per product
+    publish: bool = True
+    # D365 LanguageId → commercetools locale of LocalizedString names and slugs
+    languages: dict[str, str] = Field(default_factory=lambda: {"en-us": "en", "de": "de"})
+    source_legal_entity: str = "usmf"  # the company whose released products form the catalog
+
+
+class InventorySettings(_Section):
+    entity_set: str = "WarehousesOnHandV2"  # the seed brief calls it InventOnHandV2
+    quantity_field: str = "AvailableOnHandQuantity"  # seed brief: AvailablePhysicalQuantity
+    export_project: str = "d365ct-onhand"
 
 
 class Settings(_Section):
     d365: D365Settings
     store: StoreSettings = StoreSettings()
+    commercetools: CommercetoolsSettings | None = None
+    legal_entities: tuple[LegalEntitySettings, ...] = ()
+    warehouses: tuple[WarehouseSettings, ...] = ()
+    catalog: CatalogSettings = CatalogSettings()
+    inventory: InventorySettings = InventorySettings()
+
+    def legal_entity(self, entity_id: str) -> LegalEntitySettings:
+        for entity in self.legal_entities:
+            if entity.id == entity_id.lower():
+                return entity
+        raise ConfigurationError(f"legal entity '{entity_id}' is not in [[legal_entities]]")
+
+    def require_commercetools(self) -> CommercetoolsSettings:
+        if self.commercetools is None:
+            raise ConfigurationError("[commercetools] is not configured")
+        return self.commercetools
 
 
 def _apply_env(data: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
