@@ -123,3 +123,82 @@ d365_record_outcomes = sa.Table(
     sa.UniqueConstraint("job_id", "entity", "business_key"),
     sa.CheckConstraint(_one_of("outcome", OUTCOMES), name="outcome"),
 )
+
+ERROR_STATUSES: Final = ("open", "replayed", "resolved")
+
+# What the last successful sync wrote per record: delta detection by content hash, plus the
+# commercetools id and version it produced (so an unchanged record costs zero calls).
+sync_state = sa.Table(
+    "sync_state",
+    metadata,
+    sa.Column("flow", sa.String(), primary_key=True),
+    sa.Column("key", sa.String(), primary_key=True),
+    sa.Column("content_hash", sa.String(), nullable=False),
+    sa.Column("ct_id", sa.String(), nullable=True),
+    sa.Column("ct_version", sa.Integer(), nullable=True),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+# Every record that failed, with what is needed to understand and replay it (SPEC §7).
+error_queue = sa.Table(
+    "error_queue",
+    metadata,
+    sa.Column(
+        "id",
+        sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    sa.Column("flow", sa.String(), nullable=False),
+    sa.Column("business_key", sa.String(), nullable=False),
+    sa.Column("step", sa.String(), nullable=False),
+    sa.Column("error", sa.Text(), nullable=False),
+    sa.Column("payload", json_type(), nullable=True),
+    sa.Column("correlation", json_type(), nullable=True),  # message → workflow → execution → ct
+    sa.Column("attempts", sa.Integer(), nullable=False, server_default=sa.text("1")),
+    sa.Column("status", sa.String(), nullable=False),
+    sa.Column("note", sa.Text(), nullable=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+    sa.CheckConstraint(_one_of("status", ERROR_STATUSES), name="status"),
+    sa.Index(None, "status", "flow"),
+    sa.Index(None, "flow", "business_key"),
+)
+
+reconciliation_reports = sa.Table(
+    "reconciliation_reports",
+    metadata,
+    sa.Column("id", sa.String(), primary_key=True),
+    sa.Column("flow", sa.String(), nullable=False),
+    sa.Column("legal_entity", sa.String(), nullable=False),
+    sa.Column("started_at", UTCDateTime(), nullable=False),
+    sa.Column("finished_at", UTCDateTime(), nullable=True),
+    sa.Column("counts", json_type(), nullable=True),
+    sa.Index(None, "flow", "started_at"),
+)
+
+reconciliation_lines = sa.Table(
+    "reconciliation_lines",
+    metadata,
+    sa.Column(
+        "id",
+        sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    sa.Column(
+        "report_id",
+        sa.String(),
+        sa.ForeignKey("reconciliation_reports.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("sku", sa.String(), nullable=False),
+    sa.Column("warehouse", sa.String(), nullable=True),
+    sa.Column("supply_channel", sa.String(), nullable=True),
+    sa.Column("d365_quantity", sa.Numeric(), nullable=True),
+    sa.Column("ct_before", sa.Numeric(), nullable=True),
+    sa.Column("ct_after", sa.Numeric(), nullable=True),
+    sa.Column("action", sa.String(), nullable=False),  # created | corrected | failed | …
+    sa.Column("detail", sa.Text(), nullable=True),
+    sa.Index(None, "report_id"),
+)
