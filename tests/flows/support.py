@@ -46,3 +46,48 @@ def customers_request(*rows: dict[str, Any], legal_entity: str = "usmf") -> Impo
         unit_keys=tuple(row["CustomerAccount"] for row in rows),
         key_fields={"Customers V3": "CustomerAccount"},
     )
+
+
+def full_settings(sim_url: str, ct_url: str, project_key: str, workdir: str, **sections: Any):  # type: ignore[no-untyped-def]
+    """Settings for a whole flow: d365sim, the commercetools mock (scope in the query, as the
+    mock wants it), the two seeded legal entities and a warehouse → channel map."""
+    from d365ct.config import Settings
+
+    secret = {"client_secret": f"env:{SECRET_ENV}"}
+    clients = {
+        concern: {"client_id": f"{concern}-client", **secret, "scopes": [f"{scope}:{project_key}"]}
+        for concern, scope in (
+            ("catalog", "manage_products"),
+            ("inventory", "manage_inventory"),
+            ("orders", "manage_orders"),
+            ("customers", "manage_customers"),
+        )
+    }
+    data: dict[str, Any] = {
+        "d365": sim_settings(sim_url).model_dump(mode="json"),
+        "store": {"url": f"sqlite:///{workdir}/d365ct.sqlite", "workdir": f"{workdir}/work"},
+        "commercetools": {
+            "project_key": project_key,
+            "api_url": ct_url,
+            "auth_url": ct_url,
+            "scope_in_query": True,
+            "clients": clients,
+        },
+        "legal_entities": [
+            {"id": "usmf", "currency": "USD", "stores": ["us-store"], "countries": ["US"]},
+            {"id": "demf", "currency": "EUR", "stores": ["de-store"], "countries": ["DE"]},
+        ],
+        # usmf 24 and demf DE-03 stay unmapped on purpose: their rows must become errors.
+        "warehouses": [
+            {"legal_entity": le, "warehouse": wh, "supply_channel": f"{le}-{wh}".lower()}
+            for le, wh in (
+                ("usmf", "11"),
+                ("usmf", "12"),
+                ("usmf", "21"),
+                ("demf", "DE-01"),
+                ("demf", "DE-02"),
+            )
+        ],
+    }
+    data.update(sections)
+    return Settings.model_validate(data)
