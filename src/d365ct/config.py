@@ -175,6 +175,57 @@ class InventorySettings(_Section):
     export_project: str = "d365ct-onhand"
 
 
+class IntakeSettings(_Section):
+    kind: Literal["http", "sqs", "servicebus"] = "http"
+    token: SecretRef | None = None  # bearer token for POST /intake/commercetools
+    # AWS SQS
+    sqs_queue_url: str | None = None
+    sqs_region: str = "eu-west-1"
+    sqs_endpoint_url: str | None = None  # e.g. a local moto server
+    sqs_wait_seconds: int = Field(20, ge=0, le=20)
+    sqs_visibility_timeout: int = Field(60, ge=1)
+    # Azure Service Bus
+    servicebus_connection: SecretRef | None = None
+    servicebus_queue: str | None = None
+    # Which message types are acted on; others are recorded and acknowledged.
+    customer_update_types: tuple[str, ...] = (
+        "CustomerCreated",
+        "CustomerAddressAdded",
+        "CustomerAddressChanged",
+        "CustomerAddressRemoved",
+        "CustomerCompanyNameSet",
+    )
+
+
+class ServiceSettings(_Section):
+    bind: str = "127.0.0.1:8080"  # dashboard, JSON API, webhook intake, health, metrics
+    token: SecretRef | None = None  # bearer/session token for the dashboard and JSON API
+
+    @property
+    def host(self) -> str:
+        return self.bind.rsplit(":", 1)[0]
+
+    @property
+    def port(self) -> int:
+        return int(self.bind.rsplit(":", 1)[1])
+
+
+class OrderSettings(_Section):
+    max_orders: int = Field(500, ge=1)  # micro-batch: orders per package, per legal entity
+    max_wait_seconds: float = Field(60.0, ge=0)  # … or this long, whichever comes first
+    definition_group: str = "d365ct-orders"
+    posted_state: str = "d365-posted"  # commercetools State key after a successful posting
+    shipping_as: Literal["charge", "line"] = "line"
+    shipping_item: str = "SHIPPING"  # D365 item used when shipping is posted as a line
+    order_number_prefix: str = "CT"  # scheme for orders that arrive without an orderNumber
+
+
+class CustomerSettings(_Section):
+    definition_group: str = "d365ct-customers-import"
+    account_prefix: str = "CT"  # deterministic D365 account: prefix + hash of the customer id
+    customer_group: str = "30"  # D365 customer group of web customers
+
+
 class Settings(_Section):
     d365: D365Settings
     store: StoreSettings = StoreSettings()
@@ -183,6 +234,10 @@ class Settings(_Section):
     warehouses: tuple[WarehouseSettings, ...] = ()
     catalog: CatalogSettings = CatalogSettings()
     inventory: InventorySettings = InventorySettings()
+    intake: IntakeSettings = IntakeSettings()
+    service: ServiceSettings = ServiceSettings()
+    orders: OrderSettings = OrderSettings()
+    customers: CustomerSettings = CustomerSettings()
 
     def legal_entity(self, entity_id: str) -> LegalEntitySettings:
         for entity in self.legal_entities:
