@@ -72,9 +72,10 @@ def test_data_requires_a_valid_unexpired_token(sim: RunningSim) -> None:
         f"{sim.base_url}/data/CustomersV3", headers={"Authorization": "Bearer a.b.c"}
     )
     assert forged.status_code == 401
-    sim.config.token_seconds = 1
+    # Expiry is whole seconds from the second of issue: 2 s leaves at least 1 s of validity.
+    sim.config.token_seconds = 2
     token = sim.token()
     headers = {"Authorization": f"Bearer {token}"}
     assert httpx.get(f"{sim.base_url}/data/LegalEntities", headers=headers).status_code == 200
-    time.sleep(1.2)
+    time.sleep(2.2)
     assert httpx.get(f"{sim.base_url}/data/LegalEntities", headers=headers).status_code == 401
