@@ -317,9 +317,12 @@ def test_write_url_is_double_encoded_and_expires(sim: RunningSim) -> None:
 def test_throttling_answers_429_with_retry_after(sim: RunningSim) -> None:
     sim.config.faults.throttle_rps = 5
     with sim.client() as client:
+        started = time.monotonic()
         statuses = [client.get("/data/LegalEntities") for _ in range(15)]
+        elapsed = time.monotonic() - started
     throttled = [r for r in statuses if r.status_code == 429]
-    assert 5 <= len(statuses) - len(throttled) <= 7
+    # 5 per one-second window: a slow machine spreads the 15 requests over more windows.
+    assert 5 <= len(statuses) - len(throttled) <= 5 * (int(elapsed) + 1)
     assert throttled
     assert all(int(r.headers["Retry-After"]) >= 1 for r in throttled)
     assert "high resource utilization" in throttled[0].json()["error"]["message"]
