@@ -36,7 +36,7 @@ def test_timeouts_answer_504_after_hanging(sim: RunningSim) -> None:
 
 
 def test_stats_count_overlapping_imports_per_legal_entity(fresh_sim: RunningSim) -> None:
-    fresh_sim.config.job_seconds = 1.0
+    fresh_sim.config.job_seconds = 3.0
     row = {
         "CUSTOMERACCOUNT": "OVL-1",
         "CUSTOMERGROUPID": "10",

@@ -164,7 +164,7 @@ def test_import_is_an_upsert_by_key(fresh_sim: RunningSim) -> None:
 
 
 def test_export_round_trip(sim: RunningSim) -> None:
-    sim.config.job_seconds = 0.6
+    sim.config.job_seconds = 2.0
     with sim.client() as client:
         dmf = Dmf(client)
         execution_id = str(
