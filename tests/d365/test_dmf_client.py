@@ -106,7 +106,7 @@ async def test_expired_write_url_is_fetched_again(
 async def test_export_round_trip_downloads_the_package(
     sim: RunningSim, dmf: DmfClient, tmp_path: Path
 ) -> None:
-    sim.config.job_seconds = 0.5
+    sim.config.job_seconds = 2.0
     execution_id = await dmf.export_to_package(
         definition_group="d365ct-customers", legal_entity="demf"
     )
