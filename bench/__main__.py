@@ -17,6 +17,8 @@ from bench.common import bench_scale, print_line, progress
 # Benchmark id → module; each module has `run(scale: float) -> dict` returning the result line.
 BENCHMARKS: dict[str, str] = {
     "SIM": "bench.bench_sim",
+    "B2R": "bench.bench_b2_reads",
+    "B4": "bench.bench_b4",
 }
 
 Runner = Callable[[float], dict[str, Any]]

@@ -19,14 +19,18 @@ import tempfile
 import threading
 import time
 import zipfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import httpx
 import psutil
+
+if TYPE_CHECKING:
+    from d365ct.config import D365Settings
+    from d365ct.d365.http import D365Http
 
 MB = 1024 * 1024
 DMF_ACTIONS = "/data/DataManagementDefinitionGroups/Microsoft.Dynamics.DataEntities."
@@ -357,10 +361,19 @@ class SimProcess:
         response.raise_for_status()
         return {str(k): int(v) for k, v in response.json().items()}
 
+    def reset_counters(self) -> None:
+        """Zero the simulator's call counters (DELETE /_sim/counters), e.g. after seeding."""
+        httpx.delete(f"{self.url}/_sim/counters", timeout=30).raise_for_status()
+
 
 def d365_calls(counters: Mapping[str, int]) -> int:
     """Requests to D365 routes (OData and DMF actions), leaving out token requests."""
     return sum(n for key, n in counters.items() if " /data" in key)
+
+
+def token_calls(counters: Mapping[str, int]) -> int:
+    """Requests to the simulator's Entra token endpoint (every tenant and version)."""
+    return sum(n for key, n in counters.items() if "/oauth2/" in key)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -444,3 +457,111 @@ def count_package_rows(path: Path) -> dict[str, int]:
                 records = sum(1 for record in csv.reader(text) if record)
             counts[info.filename] = max(0, records - 1)
     return counts
+
+
+# ---------------------------------------------------------------------------------------------
+# d365ct's own D365 adapter, pointed at d365sim
+
+# The secret reaches d365ct the way configuration gives it: as an env: reference.
+SIM_SECRET_ENV = "D365CT_BENCH_D365_SECRET"
+SIM_SECRET = "sandbox-secret"
+
+
+def sim_d365_settings(url: str) -> D365Settings:
+    """D365Settings for a d365sim at `url`: plain OAuth 2.0 client credentials."""
+    from d365ct.config import D365Settings
+
+    os.environ[SIM_SECRET_ENV] = SIM_SECRET
+    return D365Settings(
+        base_url=url,
+        authority=url,
+        tenant_id="sandbox",
+        client_id="sandbox-client",
+        client_secret=f"env:{SIM_SECRET_ENV}",
+        auth="oauth2",
+    )
+
+
+@dataclass
+class HttpCallCounter:
+    """An httpx request hook counting what a client sends: D365, token and other requests.
+
+    It sees every attempt, retries included, as the server does.
+    """
+
+    d365: int = 0
+    token: int = 0
+    other: int = 0
+
+    async def __call__(self, request: httpx.Request) -> None:
+        path = request.url.path
+        if path.startswith("/data"):
+            self.d365 += 1
+        elif "/oauth2/" in path:
+            self.token += 1
+        else:
+            self.other += 1
+
+    def reset(self) -> None:
+        self.d365 = self.token = self.other = 0
+
+
+@contextlib.asynccontextmanager
+async def d365_http(
+    settings: D365Settings,
+    *,
+    counter: HttpCallCounter | None = None,
+    timeout: float = 600.0,
+) -> AsyncIterator[D365Http]:
+    """d365ct's D365Http (token provider, retries, concurrency limit) on a fresh httpx client."""
+    from d365ct.d365.auth import token_provider
+    from d365ct.d365.http import D365Http
+
+    hooks: dict[str, list[Callable[..., Any]]] = {"request": [counter]} if counter else {}
+    async with httpx.AsyncClient(timeout=timeout, event_hooks=hooks) as client:
+        tokens = token_provider(settings, client)
+        try:
+            yield D365Http(
+                client, settings.base_url, tokens, max_concurrency=settings.max_concurrency
+            )
+        finally:
+            await tokens.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Child processes, so that a peak RSS is the measured code's own
+
+
+def process_peak_mb() -> float:
+    """This process's peak RSS: VmHWM where /proc has it, else ru_maxrss.
+
+    VmHWM belongs to the process's own address space. ru_maxrss of a process started with
+    vfork + exec (as subprocess does) also counts its parent's peak at the exec.
+    """
+    return hwm_mb(os.getpid()) or self_peak_mb()
+
+
+def run_child(
+    module: str, argv: Sequence[str], out: Path, *, interval: float = 0.05
+) -> tuple[dict[str, Any], float]:
+    """Run `python -m module argv…`, which writes its figures as JSON to `out`.
+
+    Returns those figures and the peak RSS this process sampled from outside meanwhile.
+    """
+    env = dict(os.environ)
+    # The child imports `bench` the way this process did, wherever it was started from.
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    out.unlink(missing_ok=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", module, *argv, "--out", str(out)],
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
+    with RssSampler(process.pid, interval) as sampler:
+        code = process.wait()
+        sampled = sampler.peak_mb()
+    if code != 0:
+        raise RuntimeError(f"{module} {' '.join(argv[:1])} exited with code {code}")
+    figures: dict[str, Any] = json.loads(out.read_text())
+    return figures, sampled

@@ -50,7 +50,7 @@ class RunningSim:
 
 @pytest.fixture(scope="session")
 def running_sim(azurite: object) -> Iterator[RunningSim]:
-    sock = socket.socket()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # no Nagle
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     base_url = f"http://127.0.0.1:{port}"

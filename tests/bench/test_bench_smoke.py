@@ -1,6 +1,6 @@
-"""Smoke test of `make bench`: the SIM benchmark at a tiny scale through `python -m bench`.
+"""Smoke tests of `make bench`: each benchmark at a tiny scale through `python -m bench`.
 
-It checks the shape of the one JSON line SPEC §8 asks for, not the figures' size.
+They check the shape of the one JSON line SPEC §8 asks for, not the figures' size.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from bench.__main__ import main
@@ -38,9 +39,9 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-@pytest.mark.slow
-def test_sim_bench_prints_one_result_line() -> None:
-    env = {**os.environ, "BENCH": "SIM", "BENCH_SCALE": str(SCALE)}
+def _run_bench(name: str) -> dict[str, Any]:
+    """`python -m bench` with BENCH=name at SCALE: its one result line, checked for shape."""
+    env = {**os.environ, "BENCH": name, "BENCH_SCALE": str(SCALE)}
     done = subprocess.run(
         [sys.executable, "-m", "bench"],
         cwd=ROOT,
@@ -53,14 +54,27 @@ def test_sim_bench_prints_one_result_line() -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
     assert len(lines) == 1, done.stdout
-    result = json.loads(lines[0])
-
+    result: dict[str, Any] = json.loads(lines[0])
     assert list(result) == ["bench", "ours", "naive", "ratio", "goal", "met", "scale"]
-    assert result["bench"] == "SIM"
+    assert result["bench"] == name
     assert result["scale"] == SCALE
-    assert isinstance(result["goal"], str) and "250 MB" in result["goal"]
     assert isinstance(result["met"], bool)
     assert _is_number(result["ratio"]) and result["ratio"] > 0
+    return result
+
+
+def _no_negative_numbers(figures: dict[str, Any]) -> None:
+    for name, value in figures.items():
+        if isinstance(value, dict):
+            _no_negative_numbers(value)
+        elif _is_number(value):
+            assert value >= 0, (name, figures)
+
+
+@pytest.mark.slow
+def test_sim_bench_prints_one_result_line() -> None:
+    result = _run_bench("SIM")
+    assert isinstance(result["goal"], str) and "250 MB" in result["goal"]
 
     ours, naive = result["ours"], result["naive"]
     for figures, positive in ((ours, OURS_POSITIVE), (naive, NAIVE_POSITIVE)):
@@ -76,6 +90,71 @@ def test_sim_bench_prints_one_result_line() -> None:
     assert ours["exports"] == naive["exports"] == 2  # usmf and demf
     assert naive["capped"] is False
     assert result["ratio"] == round(naive["peak_rss_mb"] / ours["peak_rss_mb"], 2)
+
+
+@pytest.mark.slow
+def test_b2r_bench_counts_reads_both_ways() -> None:
+    result = _run_bench("B2R")
+    assert "ceil(rows / page size) + 2" in result["goal"]
+    ours, naive = result["ours"], result["naive"]
+    _no_negative_numbers(ours)
+    _no_negative_numbers(naive)
+
+    rows = round(100_000 * SCALE)
+    assert ours["rows"] == sum(ours["rows_by_legal_entity"].values()) == rows
+    assert ours["legal_entities"] == 2  # usmf and demf
+    # At this size each legal entity fits one page: LegalEntities plus one page each.
+    assert ours["calls"] == ours["calls_hook"] == ours["calls_reader"] == 3
+    assert ours["calls_allowed"] == 6
+    assert ours["token_calls"] == ours["token_calls_hook"] == 1
+    assert ours["seconds"] > 0 and ours["rows_per_s"] > 0
+
+    assert 0 < naive["extrapolated_from"] < naive["skus"] == ours["skus"]
+    assert naive["measured_calls"] == naive["measured_calls_hook"] == naive["extrapolated_from"]
+    assert naive["calls"] == naive["skus"]  # one call per SKU, exactly
+    assert naive["rows_match"] is True and naive["measured_rows"] > 0
+    assert naive["seconds"] > naive["measured_seconds"] > 0
+    assert result["ratio"] == round(naive["calls"] / ours["calls"], 1)
+    # Far too few rows per page at this scale for the 1,000x goal.
+    assert result["met"] is False
+
+
+@pytest.mark.slow
+def test_b4_bench_measures_both_sizes_in_child_processes() -> None:
+    result = _run_bench("B4")
+    assert "250 MB" in result["goal"] and "1.2" in result["goal"]
+    ours, naive = result["ours"], result["naive"]
+    _no_negative_numbers(ours)
+    _no_negative_numbers(naive)
+
+    sizes = {"small": round(100_000 * SCALE), "large": round(1_000_000 * SCALE)}
+    for size, rows in sizes.items():
+        mine, theirs = ours[size], naive[size]
+        assert mine["rows"] == theirs["rows"] == rows
+        assert mine["available_sum"] == theirs["available_sum"]
+        assert mine["exports"] == 2
+        for name in (
+            "export_seconds",
+            "parse_seconds",
+            "end_to_end_seconds",
+            "parse_rows_per_s",
+            "end_to_end_rows_per_s",
+            "package_mb",
+            "calls",
+            "status_polls",
+        ):
+            assert _is_number(mine[name]) and mine[name] > 0, (size, name, mine)
+        for figures in (mine, theirs):
+            assert 0 < figures["baseline_rss_mb"] <= figures["peak_rss_mb"]
+    assert ours["rows_match"] is True
+    assert ours["peak_rss_mb"] == ours["large"]["peak_rss_mb"]
+    assert naive["peak_rss_mb"] == naive["large"]["peak_rss_mb"]
+    assert ours["large_over_small_peak"] == round(
+        ours["large"]["peak_rss_mb"] / ours["small"]["peak_rss_mb"], 3
+    )
+    assert result["ratio"] == round(naive["peak_rss_mb"] / ours["peak_rss_mb"], 2)
+    # A few thousand rows stream in far less than the goal's memory.
+    assert result["met"] is True
 
 
 def test_unknown_benchmark_and_bad_scale_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
