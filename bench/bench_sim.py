@@ -28,11 +28,11 @@ from bench.common import (
     mb,
     measure_block,
     per_second,
+    process_peak_mb,
     progress,
     result_line,
     run_export,
     scaled,
-    self_peak_mb,
 )
 
 BENCH_ID = "SIM"
@@ -259,7 +259,7 @@ def _naive_export(
         "seconds": block.seconds,
         "rows_per_s": per_second(exported, block.seconds),
         "package_mb": mb(package_bytes),
-        "peak_rss_mb": max(block.peak_mb, self_peak_mb()),
+        "peak_rss_mb": max(block.peak_mb, process_peak_mb()),  # VmHWM: not the parent's peak
         "baseline_rss_mb": block.baseline_mb,
         "growth_mb": block.growth_mb,
         "capped": capped_at is not None,
