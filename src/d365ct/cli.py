@@ -9,9 +9,12 @@ from typing import Annotated
 
 import typer
 
+from d365ct.commands.jobs import jobs_app
+
 app = typer.Typer(
     help="d365ct — Dynamics 365 F&O ⇄ commercetools integration.", no_args_is_help=True
 )
+app.add_typer(jobs_app, name="jobs")
 
 
 @app.callback()
