@@ -15,7 +15,7 @@ from d365ct.commercetools import ClientCredentialsTokens, CommercetoolsClient
 from d365ct.config import Settings
 from d365ct.d365.auth import token_provider
 from d365ct.d365.dmf import DmfClient
-from d365ct.d365.http import D365Http
+from d365ct.d365.http import D365Http, RetryPolicy
 from d365ct.d365.odata import ODataReader
 
 
@@ -68,6 +68,7 @@ async def adapters(
             http,
             settings.d365.base_url,
             token_provider(settings.d365, http),
+            policy=RetryPolicy(max_attempts=settings.d365.max_attempts),
             max_concurrency=settings.d365.max_concurrency,
             rate_per_second=settings.d365.rate_per_second,
         )

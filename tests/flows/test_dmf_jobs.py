@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from d365ct.engine import launch_engine, shutdown_engine
-from d365ct.flows.dmf_jobs import PackageJobs, execution_id_for
+from d365ct.flows.dmf_jobs import ImportRequest, PackageJobs, execution_id_for
 from d365ct.store import JobStore, make_engine
 from tests.flows.support import SECRET_ENV, customer, customers_request, sim_settings
 from tests.sim_fixtures import RunningSim
@@ -118,3 +118,23 @@ async def test_export_downloads_the_package(fresh_sim: RunningSim, jobs: Package
     assert len(rows) == int(expected)
     job = jobs.store.get("export-customers-demf")
     assert job is not None and job.state == "succeeded" and job.kind == "export"
+
+
+async def test_a_refused_package_fails_every_record_with_d365s_reason(
+    fresh_sim: RunningSim, jobs: PackageJobs
+) -> None:
+    request = ImportRequest(
+        flow="inventory",
+        legal_entity="usmf",
+        definition_group="d365ct-onhand-import",
+        entities=("Inventory on-hand by warehouse V2",),  # D365 exports it, never imports it
+        units=((("Inventory on-hand by warehouse V2", {"ItemNumber": "D0001"}),),),
+        unit_keys=("D0001",),
+    )
+    handle = await jobs.start_import(request, "import-refused")
+    result = await handle.get_result()
+    assert result.failed == {"D0001": result.failed["D0001"]}
+    assert "does not support import" in result.failed["D0001"]
+    job = jobs.store.get("import-refused")
+    assert job is not None and job.state == "failed"
+    assert sim_stats(fresh_sim)["imports"] == 0

@@ -10,27 +10,59 @@ import asyncio
 import random
 import shutil
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from dbos import DBOS, DBOSConfiguredInstance
+from dbos._error import DBOSMaxStepRetriesExceeded
 
 from d365ct.config import D365Settings
 from d365ct.d365.auth import token_provider
-from d365ct.d365.dmf import DmfClient, ExecutionStatus
+from d365ct.d365.dmf import DmfActionError, DmfClient, ExecutionStatus
 from d365ct.d365.entities import by_label
-from d365ct.d365.http import D365Http
+from d365ct.d365.http import D365Http, RetryPolicy
 from d365ct.d365.packages import PackageWriter, Unit
 from d365ct.engine import enqueue_import_async
+from d365ct.errors import D365ctError, TransientError
 from d365ct.store import ACTIVE_STATES, JobStore, RecordOutcome
 
 EXECUTION_NAMESPACE = uuid.UUID("6f1c1f5e-0b1d-4c4e-9a55-3d365c7a0001")
 # A job may be (re)triggered from these states; polling may see it in any active one.
 TRIGGERABLE = frozenset({"pending", "uploading", "triggered"})
 NOT_FOUND_LIMIT = 10  # status polls answering "not found" before the trigger is presumed lost
+
+
+def _transient(exc: BaseException) -> bool:
+    return isinstance(exc, TransientError)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def d365_step() -> Callable[[F], F]:
+    """A step that talks to D365: transient failures retried with back-off, others at once."""
+    step: Callable[[F], F] = DBOS.step(  # type: ignore[assignment]
+        retries_allowed=True,
+        max_attempts=6,
+        interval_seconds=2.0,
+        backoff_rate=2.0,
+        should_retry=_transient,
+    )
+    return step
+
+
+def failure_text(exc: BaseException) -> str:
+    """The underlying reason, also when DBOS wraps exhausted step retries."""
+    if isinstance(exc, DBOSMaxStepRetriesExceeded) and exc.errors:
+        exc = exc.errors[-1]
+    return f"{type(exc).__name__}: {exc}" if not isinstance(exc, D365ctError) else str(exc)
+
+
+def is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, TransientError | DBOSMaxStepRetriesExceeded)
 
 
 def execution_id_for(job_id: str) -> str:
@@ -139,6 +171,7 @@ class PackageJobs(DBOSConfiguredInstance):
                 http,
                 self.settings.base_url,
                 token_provider(self.settings, http),
+                policy=RetryPolicy(max_attempts=self.settings.max_attempts),
                 max_concurrency=self.settings.max_concurrency,
                 rate_per_second=self.settings.rate_per_second,
             )
@@ -161,9 +194,15 @@ class PackageJobs(DBOSConfiguredInstance):
             job_id = base_id if len(packages) == 1 else f"{base_id}.p{package.index}"
             keys = request.unit_keys[package.first_unit : package.last_unit + 1]
             execution_id = await self.prepare_job(job_id, request, keys)
-            await self.upload_and_trigger(job_id, execution_id, request, package)
-            status = await self.poll(job_id, execution_id)
-            results.append(await self.conclude_import(job_id, execution_id, status, request, keys))
+            try:
+                await self.upload_and_trigger(job_id, execution_id, request, package)
+                status = await self.poll(job_id, execution_id)
+                result = await self.conclude_import(job_id, execution_id, status, request, keys)
+            except Exception as exc:  # whatever happened, the job ends in a state operators see
+                result = await self.abandon(
+                    job_id, execution_id, request, keys, failure_text(exc), is_transient(exc)
+                )
+            results.append(result)
         await self.remove_workdir(base_id)
         return ImportResult(tuple(results))
 
@@ -206,12 +245,25 @@ class PackageJobs(DBOSConfiguredInstance):
         self.store.record_execution(job_id, execution_id)
         return execution_id
 
-    @DBOS.step()
+    async def _already_triggered(self, job_id: str, execution_id: str) -> bool:
+        """Whether D365 knows this execution. On a re-run, ask a few times: right after a
+        trigger D365 may still answer "not found", and a second trigger would import twice."""
+        dmf = self.dmf()
+        job = self.store.get(job_id)
+        checks = 1 if job is None or job.state == "pending" else 4
+        for attempt in range(checks):
+            if await dmf.status(execution_id) is not None:
+                return True
+            if attempt + 1 < checks:
+                await asyncio.sleep(2.0)
+        return False
+
+    @d365_step()
     async def upload_and_trigger(
         self, job_id: str, execution_id: str, request: ImportRequest, package: _Package
     ) -> None:
         dmf = self.dmf()
-        if await dmf.status(execution_id) is not None:
+        if await self._already_triggered(job_id, execution_id):
             # Triggered before a crash: never import the same package twice; poll it instead.
             self.store.set_state(job_id, "triggered", expected=TRIGGERABLE)
             return
@@ -222,13 +274,18 @@ class PackageJobs(DBOSConfiguredInstance):
         self.store.set_state(job_id, "uploading", expected=TRIGGERABLE)
         url = await dmf.upload_package(path, f"{execution_id}.zip")
         self.store.record_package(job_id, url.split("?", 1)[0])
-        await dmf.import_from_package(
-            url,
-            definition_group=request.definition_group,
-            legal_entity=request.legal_entity,
-            execution_id=execution_id,
-            overwrite=True,
-        )
+        try:
+            await dmf.import_from_package(
+                url,
+                definition_group=request.definition_group,
+                legal_entity=request.legal_entity,
+                execution_id=execution_id,
+                overwrite=True,
+            )
+        except DmfActionError as exc:
+            if "already exists" not in exc.reason:
+                raise
+            # An earlier attempt's trigger reached D365 after all: poll that execution.
         self.store.set_state(job_id, "triggered", expected={"uploading"})
 
     async def poll(self, job_id: str, execution_id: str) -> str:
@@ -253,7 +310,7 @@ class PackageJobs(DBOSConfiguredInstance):
         )
         return "stuck"
 
-    @DBOS.step()
+    @d365_step()
     async def poll_once(self, job_id: str, execution_id: str) -> str | None:
         status = await self.dmf().status(execution_id)
         if status is not None and not status.final:
@@ -270,7 +327,7 @@ class PackageJobs(DBOSConfiguredInstance):
     async def mark_stuck(self, job_id: str, reason: str, last_status: str) -> None:
         self.store.mark_stuck(job_id, reason=reason, d365_status=last_status)
 
-    @DBOS.step()
+    @d365_step()
     async def conclude_import(
         self,
         job_id: str,
@@ -280,7 +337,9 @@ class PackageJobs(DBOSConfiguredInstance):
         keys: Sequence[str],
     ) -> PackageResult:
         if status == "stuck":
-            return PackageResult(job_id, execution_id, "stuck", "Executing", (), {})
+            job = self.store.get(job_id)
+            last = (job.d365_status if job else None) or "NotRun"
+            return PackageResult(job_id, execution_id, "stuck", last, (), {})
         final = ExecutionStatus(status)
         failed: dict[str, str] = {}
         if final is not ExecutionStatus.SUCCEEDED:
@@ -329,7 +388,7 @@ class PackageJobs(DBOSConfiguredInstance):
             if url:
                 for row in await dmf.read_csv_file(url):
                     failed_keys.add(row.get(key_field.upper(), ""))
-        if status is ExecutionStatus.FAILED and not failed_keys:
+        if status in (ExecutionStatus.FAILED, ExecutionStatus.CANCELED) and not failed_keys:
             failed_keys = set(keys)  # the whole package was refused
         text_for = {
             key: [m for m in messages if key and key in m] or messages for key in failed_keys
@@ -339,6 +398,33 @@ class PackageJobs(DBOSConfiguredInstance):
             for key in keys
             if key in failed_keys
         }
+
+    @DBOS.step()
+    async def abandon(
+        self,
+        job_id: str,
+        execution_id: str,
+        request: ImportRequest,
+        keys: Sequence[str],
+        reason: str,
+        transient: bool,
+    ) -> PackageResult:
+        """Transient trouble → stuck (an operator resumes it); a refusal → every record failed."""
+        job = self.store.get(job_id)
+        if transient:
+            if job is not None and job.state not in ("succeeded", "partially_succeeded", "failed"):
+                self.store.mark_stuck(job_id, reason=reason, d365_status=job.d365_status)
+            last = (job.d365_status if job else None) or "NotRun"
+            return PackageResult(job_id, execution_id, "stuck", last, (), {})
+        failed = {key: reason for key in keys}
+        self.store.finish(
+            job_id,
+            "failed",
+            {"execution_id": execution_id, "succeeded": 0, "failed": len(keys)},
+            [RecordOutcome(request.entities[0], key, "failed", reason) for key in keys],
+            error=reason[:2000],
+        )
+        return PackageResult(job_id, execution_id, "failed", "NotRun", (), failed)
 
     @DBOS.step()
     async def remove_workdir(self, base_id: str) -> None:
@@ -377,7 +463,7 @@ class PackageJobs(DBOSConfiguredInstance):
         self.store.record_execution(job_id, execution_id)
         return execution_id
 
-    @DBOS.step()
+    @d365_step()
     async def trigger_export(
         self, job_id: str, execution_id: str, definition_group: str, legal_entity: str
     ) -> None:
@@ -398,7 +484,7 @@ class PackageJobs(DBOSConfiguredInstance):
             await DBOS.sleep_async(self.settings.poll_interval_seconds)
         return None
 
-    @DBOS.step()
+    @d365_step()
     async def try_download(self, job_id: str, execution_id: str) -> str | None:
         """Download once the URL is there ("" until the package is ready)."""
         return await self.ensure_export_file(job_id, execution_id)
@@ -418,7 +504,7 @@ class PackageJobs(DBOSConfiguredInstance):
         partial.replace(path)
         return str(path)
 
-    @DBOS.step()
+    @d365_step()
     async def conclude_export(
         self, job_id: str, execution_id: str, status: str, path: str | None
     ) -> ExportResult:
