@@ -73,6 +73,9 @@ class D365Settings(_Section):
     client_secret: SecretRef | None = None
     certificate_path: Path | None = None
     token_url: str | None = None  # oauth2 only; default {authority}/{tenant}/oauth2/v2.0/token
+    # oauth2 only: send `resource=<this>` instead of `scope` (AD FS and Entra v1 endpoints want
+    # the environment URL without /namespaces/AXSF and without a trailing slash)
+    token_resource: str | None = None
     request_timeout_seconds: float = 60.0
     max_concurrency: int = Field(8, ge=1)
     rate_per_second: float | None = Field(None, gt=0)

@@ -137,3 +137,18 @@ async def test_wrong_secret_is_a_credential_error_naming_the_client(
 
 async def _count_rows(odata: ODataReader, entity_set: str, **options: object) -> int:
     return sum([1 async for _ in odata.rows(entity_set, **options)])
+
+
+async def test_v1_resource_form_for_ad_fs_style_endpoints(
+    sim: RunningSim, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("D365CT_TEST_SECRET", sim.config.client_secret)
+    settings = settings_for(sim).model_copy(
+        update={
+            "token_url": f"{sim.base_url}/{sim.config.tenant}/oauth2/token",
+            "token_resource": sim.base_url,
+        }
+    )
+    async with httpx.AsyncClient() as client:
+        http = D365Http(client, settings.base_url, token_provider(settings, client))
+        assert await ODataReader(http).count("LegalEntities") == 2

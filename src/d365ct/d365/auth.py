@@ -153,7 +153,8 @@ def token_provider(settings: D365Settings, http: httpx.AsyncClient) -> TokenProv
             token_url=settings.effective_token_url,
             client_id=settings.client_id,
             client_secret=settings.client_secret.resolve(),
-            scope=settings.scope,
+            scope=None if settings.token_resource else settings.scope,
+            resource=settings.token_resource,
         )
     from azure.identity import aio
 
