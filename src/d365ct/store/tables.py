@@ -202,3 +202,47 @@ reconciliation_lines = sa.Table(
     sa.Column("detail", sa.Text(), nullable=True),
     sa.Index(None, "report_id"),
 )
+
+INTAKE_KINDS: Final = ("message", "change")
+INTAKE_STATUSES: Final = ("pending", "processed", "stale", "ignored")
+
+# The durable inbox of commercetools deliveries: the primary key is the dedup (SPEC C7).
+intake_messages = sa.Table(
+    "intake_messages",
+    metadata,
+    sa.Column("message_id", sa.String(), primary_key=True),
+    sa.Column("kind", sa.String(), nullable=False),  # message | change
+    sa.Column("type", sa.String(), nullable=False),
+    sa.Column("resource_type", sa.String(), nullable=False),
+    sa.Column("resource_id", sa.String(), nullable=False),
+    # sequenceNumber (messages) or resource version (changes): the order within a resource
+    sa.Column("position", sa.BigInteger(), nullable=False),
+    sa.Column("sequence_number", sa.BigInteger(), nullable=True),
+    sa.Column("resource_version", sa.BigInteger(), nullable=True),
+    sa.Column("payload_included", sa.Boolean(), nullable=False),
+    sa.Column("source", sa.String(), nullable=False),  # http | sqs | servicebus | …
+    sa.Column("raw", json_type(), nullable=False),  # the event as delivered
+    sa.Column("status", sa.String(), nullable=False),
+    sa.Column("outcome", sa.Text(), nullable=True),
+    sa.Column("deliveries", sa.Integer(), nullable=False, server_default=sa.text("1")),
+    sa.Column("attempts", sa.Integer(), nullable=False, server_default=sa.text("0")),
+    sa.Column("claimed_by", sa.String(), nullable=True),
+    sa.Column("lease_until", UTCDateTime(), nullable=True),
+    sa.Column("received_at", UTCDateTime(), nullable=False),
+    sa.Column("processed_at", UTCDateTime(), nullable=True),
+    sa.CheckConstraint(_one_of("kind", INTAKE_KINDS), name="kind"),
+    sa.CheckConstraint(_one_of("status", INTAKE_STATUSES), name="status"),
+    sa.Index(None, "status", "type", "received_at"),
+    sa.Index(None, "resource_type", "resource_id", "kind", "position"),
+)
+
+# Per resource stream, the highest position processed: older deliveries are stale.
+intake_streams = sa.Table(
+    "intake_streams",
+    metadata,
+    sa.Column("resource_type", sa.String(), primary_key=True),
+    sa.Column("resource_id", sa.String(), primary_key=True),
+    sa.Column("kind", sa.String(), primary_key=True),
+    sa.Column("applied_position", sa.BigInteger(), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+)

@@ -1,0 +1,1 @@
+"""Tests of d365ct.intake: message parsing, the durable inbox, HTTP push, SQS and Service Bus."""
