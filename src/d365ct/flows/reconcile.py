@@ -1,0 +1,444 @@
+"""C14 nightly inventory reconciliation: a DMF export of on-hand against every commercetools entry.
+
+Drift is corrected (changeQuantity, create, zero) and each run is stored as a report to read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from dbos import SetWorkflowID
+
+from d365ct.commercetools import CommercetoolsClient, ResourceNotFound
+from d365ct.config import Settings
+from d365ct.d365.entities import INVENTORY_ON_HAND_V2, EntityDefinition
+from d365ct.d365.packages import open_package
+from d365ct.errors import CredentialError, D365ctError, PermanentError
+from d365ct.flows.dmf_jobs import ExportResult, PackageJobs
+from d365ct.flows.inventory import (
+    FLOW,
+    EntryState,
+    InventoryState,
+    channel_predicate,
+    legal_entities_to_run,
+    resolve_channels,
+    set_quantity,
+    state_of,
+)
+from d365ct.mapping.inventory import (
+    OnHandError,
+    StockTotal,
+    StockTotals,
+    WarehouseMap,
+    inventory_draft,
+    map_on_hand,
+    state_key,
+)
+from d365ct.runtime import Adapters, adapters
+from d365ct.store import JobStore, make_engine
+from d365ct.store.reports import LineWriter, ReportLine, ReportStore
+
+__all__ = [
+    "ACTIONS",
+    "RECONCILE_INSTANCE",
+    "ReconcileResult",
+    "StatusCallback",
+    "package_jobs",
+    "reconcile_inventory",
+    "workflow_id",
+]
+
+RECONCILE_INSTANCE = "d365ct-reconcile"  # the DBOS name of the PackageJobs exporting on-hand
+ACTIONS = ("unchanged", "corrected", "created", "zeroed", "failed", "unmapped")
+BATCH = 500  # concurrent writes per round, and sync-state rows per write to the store
+
+# (legal entity, what the run is doing now)
+StatusCallback = Callable[[str, str], None]
+Resource = dict[str, Any]
+
+_JOBS: dict[str, PackageJobs] = {}
+_VERB = {"corrected": "correct", "created": "create", "zeroed": "zero"}
+
+
+def package_jobs(settings: Settings) -> PackageJobs:
+    """The PackageJobs instance reconciliation exports through: one per process, because DBOS
+    registers instances by name; later calls point it at these settings. Create it before
+    launch_engine, so DBOS can recover an export that a crash interrupted."""
+    store = JobStore(make_engine(settings.store.url))
+    jobs = _JOBS.get(RECONCILE_INSTANCE)
+    if jobs is None:
+        jobs = _JOBS[RECONCILE_INSTANCE] = PackageJobs(
+            settings.d365, store, settings.store.workdir, config_name=RECONCILE_INSTANCE
+        )
+    else:
+        jobs.settings, jobs.store, jobs.workdir = settings.d365, store, settings.store.workdir
+        jobs._clients.clear()  # bound to event loops of earlier runs
+    return jobs
+
+
+def workflow_id(legal_entity: str, started: datetime) -> str:
+    """The export workflow's id and the report's: one per legal entity and start time."""
+    stamp = (
+        started.astimezone(UTC).strftime("%Y%m%dT%H%M%S") + f"{started.microsecond // 1000:03d}Z"
+    )
+    return f"reconcile-inventory-{legal_entity}-{stamp}"
+
+
+@dataclass
+class ReconcileResult:
+    legal_entity: str
+    report_id: str
+    state: str  # completed | failed
+    counts: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class _Op:
+    sku: str
+    channel: str
+    quantity: int
+    before: int | None
+    action: str  # corrected | created | zeroed
+    total: StockTotal | None
+    entry: Resource | None = None
+    detail: str | None = None
+
+
+class _Run:
+    """One legal entity's reconciliation, from the downloaded package to the finished report."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        ct: CommercetoolsClient,
+        state: InventoryState,
+        lines: LineWriter,
+        legal_entity: str,
+    ) -> None:
+        self.settings = settings
+        self.ct = ct
+        self.state = state
+        self.lines = lines
+        self.legal_entity = legal_entity
+        self.warehouses = WarehouseMap(settings.warehouses)
+        self.quantity_field = settings.inventory.quantity_field
+        self.actions = dict.fromkeys(ACTIONS, 0)
+        self.by_warehouse: dict[str, dict[str, int]] = {}
+        self.rows = 0
+        self.ct_entries = 0
+        self.channel_ids: dict[str, str] = {}
+        self.problems: dict[str, str] = {}
+        self._confirmed: dict[str, EntryState] = {}
+
+    def tally(self, warehouse: str, action: str) -> None:
+        self.actions[action] += 1
+        counts = self.by_warehouse.setdefault(warehouse, dict.fromkeys(ACTIONS, 0))
+        counts[action] += 1
+
+    def confirm(self, key: str, state: EntryState) -> None:
+        self._confirmed[key] = state
+        if len(self._confirmed) >= BATCH:
+            self.flush_state()
+
+    def flush_state(self) -> None:
+        self.state.put_many(self._confirmed)
+        self._confirmed = {}
+
+    # -- D365 side ----------------------------------------------------------------------------
+
+    def read_package(self, path: Path) -> StockTotals:
+        """Stream the package's rows into per-(sku, channel) totals. Memory grows with the
+        legal entity's distinct (sku, channel) pairs (the mapping dict), never with its rows."""
+        definition = _definition(self.quantity_field)
+        totals = StockTotals(keep_rows=False)
+        with open_package(path) as package:
+            for row in package.rows(definition.label, definition=definition):
+                self.rows += 1
+                mapped = map_on_hand(
+                    row,
+                    self.warehouses,
+                    legal_entity=self.legal_entity,
+                    quantity_field=self.quantity_field,
+                )
+                if isinstance(mapped, OnHandError):
+                    channel = self.warehouses.channel(self.legal_entity, mapped.warehouse)
+                    if channel is None:
+                        self.tally(mapped.warehouse, "unmapped")  # counted; the sync queues them
+                    else:
+                        self.tally(self.warehouses.warehouse_label(channel), "failed")
+                        self.lines.add(
+                            ReportLine(
+                                mapped.sku or "?",
+                                "failed",
+                                self.warehouses.warehouse_label(channel),
+                                channel,
+                                detail=mapped.reason,
+                            )
+                        )
+                    continue
+                if mapped.channel in self.problems:
+                    self.tally(self.warehouses.warehouse_label(mapped.channel), "failed")
+                    continue
+                totals.add(mapped)
+        return totals
+
+    # -- commercetools side -------------------------------------------------------------------
+
+    async def compare(self, totals: StockTotals) -> None:
+        """Every entry of the mapped channels against the totals; then create what is missing.
+
+        Creates wait until the scan is done, so the entries being paged through do not move.
+        """
+        key_of = {channel_id: key for key, channel_id in self.channel_ids.items()}
+        ops: list[_Op] = []
+        if key_of:
+            async for entry in self.ct.scan("inventory", channel_predicate(key_of)):
+                self.ct_entries += 1
+                channel = key_of.get((entry.get("supplyChannel") or {}).get("id", ""))
+                if channel is None:
+                    continue
+                op = self.check(entry, channel, totals)
+                if op is not None:
+                    ops.append(op)
+                if len(ops) >= BATCH:
+                    await self.apply(ops)
+                    ops = []
+        await self.apply(ops)
+        missing = [
+            _Op(t.sku, t.channel, t.quantity, None, "created", t) for t in totals.unmatched()
+        ]
+        for start in range(0, len(missing), BATCH):
+            await self.apply(missing[start : start + BATCH])
+        self.flush_state()
+
+    def check(self, entry: Resource, channel: str, totals: StockTotals) -> _Op | None:
+        sku = str(entry.get("sku") or "")
+        before = int(entry.get("quantityOnStock") or 0)
+        total = totals.get(sku, channel)
+        detail = None
+        if total is None:
+            wanted, action = 0, "zeroed"  # commercetools sells what D365 no longer has
+        else:
+            if total.matched:
+                detail = "second entry for this sku and supply channel"
+            total.matched = True
+            wanted, action = total.quantity, "corrected"
+        if before == wanted:
+            self.tally(self.warehouses.warehouse_label(channel), "unchanged")
+            self.confirm(state_key(sku, channel), state_of(entry))
+            return None
+        return _Op(sku, channel, wanted, before, action, total, entry, detail)
+
+    async def apply(self, ops: Sequence[_Op]) -> None:
+        if not ops:
+            return
+        results = await asyncio.gather(*(self.write(op) for op in ops))
+        for op, (body, error) in zip(ops, results, strict=True):
+            warehouse = self.warehouses.warehouse_label(op.channel)
+            on_hand = None if op.total is None else op.total.on_hand
+            if body is None:
+                self.tally(warehouse, "failed")
+                self.lines.add(
+                    ReportLine(
+                        op.sku,
+                        "failed",
+                        warehouse,
+                        op.channel,
+                        on_hand,
+                        op.before,
+                        None,
+                        f"could not {_VERB[op.action]}: {error}",
+                    )
+                )
+                continue
+            self.tally(warehouse, op.action)
+            if body.get("id") is not None:
+                self.confirm(state_key(op.sku, op.channel), state_of(body))
+            self.lines.add(
+                ReportLine(
+                    op.sku,
+                    op.action,
+                    warehouse,
+                    op.channel,
+                    on_hand,
+                    op.before,
+                    op.quantity,
+                    op.detail,
+                )
+            )
+
+    async def write(self, op: _Op) -> tuple[Resource | None, D365ctError | None]:
+        try:
+            if op.entry is None:
+                return await self.create(op), None
+            try:
+                return await set_quantity(self.ct, op.quantity, entry=op.entry), None
+            except ResourceNotFound:
+                if op.action == "zeroed":
+                    return {"id": None}, None  # deleted meanwhile: holds nothing either way
+                return await self.create(op), None
+        except CredentialError:
+            raise
+        except D365ctError as exc:
+            return None, exc
+
+    async def create(self, op: _Op) -> Resource:
+        draft = inventory_draft(op.sku, op.channel, self.channel_ids[op.channel], op.quantity)
+        return await self.ct.create("inventory", draft)
+
+    def counts(self, export: ExportResult, seconds: float, ct_calls: int) -> dict[str, Any]:
+        return {
+            "rows": self.rows,
+            "ct_entries": self.ct_entries,
+            "actions": self.actions,
+            "warehouses": dict(sorted(self.by_warehouse.items())),
+            "problems": self.problems,
+            "export": {
+                "job_id": export.job_id,
+                "execution_id": export.execution_id,
+                "d365_status": export.d365_status,
+            },
+            "calls": {"commercetools": ct_calls},
+            "seconds": round(seconds, 3),
+        }
+
+
+def _definition(quantity_field: str) -> EntityDefinition:
+    """The on-hand entity as the package carries it, with the configured quantity field."""
+    if quantity_field in INVENTORY_ON_HAND_V2.fields:
+        return INVENTORY_ON_HAND_V2
+    return dataclasses.replace(
+        INVENTORY_ON_HAND_V2, fields=(*INVENTORY_ON_HAND_V2.fields, quantity_field)
+    )
+
+
+async def _export(
+    jobs: PackageJobs, settings: Settings, legal_entity: str, wid: str
+) -> ExportResult:
+    with SetWorkflowID(wid):
+        result: ExportResult = await jobs.export_project(
+            FLOW, settings.inventory.export_project, legal_entity
+        )
+    if result.package_path is None:
+        job = jobs.store.get(result.job_id)
+        said = f" ({job.last_error})" if job is not None and job.last_error else ""
+        raise PermanentError(
+            f"the on-hand export of '{legal_entity}' (data project "
+            f"'{settings.inventory.export_project}') ended {result.state}, D365 status "
+            f"{result.d365_status}{said}: see d365ct jobs show {result.job_id}"
+        )
+    return result
+
+
+async def _reconcile_one(
+    settings: Settings,
+    io: Adapters,
+    jobs: PackageJobs,
+    reports: ReportStore,
+    state: InventoryState,
+    legal_entity: str,
+    started: datetime,
+    status: StatusCallback,
+) -> ReconcileResult:
+    wid = workflow_id(legal_entity, started)
+    clock = time.perf_counter()
+    ct = io.commercetools("inventory")
+    ct_before = sum(ct.calls.values())
+    status(legal_entity, f"exporting on-hand (DMF project {settings.inventory.export_project})")
+    export = await _export(jobs, settings, legal_entity, wid)
+    reports.create(wid, flow=FLOW, legal_entity=legal_entity, started_at=started)
+    with reports.writer(wid) as lines:
+        run = _Run(settings, ct, state, lines, legal_entity)
+        try:
+            channels = run.warehouses.channels(legal_entity)
+            run.channel_ids, run.problems = await resolve_channels(ct, channels)
+            assert export.package_path is not None
+            status(legal_entity, "reading the exported package")
+            totals = await asyncio.to_thread(run.read_package, Path(export.package_path))
+            status(legal_entity, f"comparing {len(totals):,} D365 entries with commercetools")
+            await run.compare(totals)
+        except D365ctError as exc:
+            lines.flush()
+            calls = sum(ct.calls.values()) - ct_before
+            counts = run.counts(export, time.perf_counter() - clock, calls)
+            reports.finish(wid, {**counts, "error": str(exc)})
+            raise
+    calls = sum(ct.calls.values()) - ct_before
+    counts = run.counts(export, time.perf_counter() - clock, calls)
+    report = reports.finish(wid, counts)
+    with contextlib.suppress(OSError):  # the report is the record; the package was a means
+        Path(export.package_path).unlink()
+    return ReconcileResult(legal_entity, wid, "completed", report.counts)
+
+
+async def reconcile_inventory(
+    settings: Settings,
+    engine: sa.Engine,
+    jobs: PackageJobs,
+    *,
+    legal_entity: str | None = None,
+    io: Adapters | None = None,
+    status: StatusCallback | None = None,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> list[ReconcileResult]:
+    """Reconcile each legal entity's stock (all configured, or one) and report it (C14).
+
+    Needs a launched engine (launch_engine) with `jobs` registered: the on-hand export is the
+    durable workflow PackageJobs.export_project, id "reconcile-inventory-<le>-<timestamp>",
+    which is also the report's id. Every commercetools entry of the legal entity's supply
+    channels is compared with the export: a different quantity is corrected, an entry with no
+    D365 row is set to 0 ("zeroed"), a D365 row with no entry is created. The report counts
+    each action per warehouse and has one line per discrepancy, with before and after.
+    A legal entity that fails is reported as failed; the others still run.
+    """
+    entities = legal_entities_to_run(settings, legal_entity)
+    reports = ReportStore(engine, clock=clock)
+    state = InventoryState(engine, clock=clock)
+    results: list[ReconcileResult] = []
+
+    def quiet(_le: str, _message: str) -> None:
+        return None
+
+    async def go(io_: Adapters) -> None:
+        for entity in entities:
+            started = clock()
+            try:
+                results.append(
+                    await _reconcile_one(
+                        settings, io_, jobs, reports, state, entity, started, status or quiet
+                    )
+                )
+            except D365ctError as exc:
+                wid = workflow_id(entity, started)
+                report = reports.get(wid)  # exists when the export got through
+                counts = dict(report.counts) if report is not None else {}
+                results.append(ReconcileResult(entity, wid, "failed", counts, str(exc)))
+
+    if io is not None:
+        await go(io)
+    else:
+        async with adapters(settings) as opened:
+            await go(opened)
+    return results
+
+
+def summary_counts(results: Sequence[ReconcileResult]) -> Mapping[str, int]:
+    """Actions summed over the legal entities of a run."""
+    total = dict.fromkeys(ACTIONS, 0)
+    for result in results:
+        for action, count in (result.counts.get("actions") or {}).items():
+            total[action] = total.get(action, 0) + int(count)
+    return total
