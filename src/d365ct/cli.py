@@ -9,12 +9,22 @@ from typing import Annotated
 
 import typer
 
+from d365ct.commands import catalog as catalog_commands
+from d365ct.commands import inventory as inventory_commands
 from d365ct.commands.jobs import jobs_app
 
 app = typer.Typer(
     help="d365ct — Dynamics 365 F&O ⇄ commercetools integration.", no_args_is_help=True
 )
 app.add_typer(jobs_app, name="jobs")
+
+sync_app = typer.Typer(help="Sync D365 master data to commercetools.", no_args_is_help=True)
+reconcile_app = typer.Typer(help="Compare and correct D365 against commercetools.")
+catalog_commands.register(sync_app)
+inventory_commands.register(sync_app, reconcile_app)
+app.add_typer(sync_app, name="sync")
+app.add_typer(reconcile_app, name="reconcile")
+app.command("setup")(catalog_commands.setup_command)
 
 
 @app.callback()
