@@ -5,11 +5,20 @@ A legal entity is targeted with `cross-company=true` plus a dataAreaId filter, a
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Mapping, Sequence
+from decimal import Decimal
 from typing import Any
+
+import httpx
 
 from d365ct.d365.http import D365Http, odata_error_message
 from d365ct.errors import PermanentError
+
+
+def decode(response: httpx.Response) -> Any:
+    """JSON with Edm.Decimal values as Decimal: quantities and prices never pass through float."""
+    return json.loads(response.content, parse_float=Decimal)
 
 
 def quote_literal(value: str) -> str:
@@ -69,7 +78,7 @@ class ODataReader:
                     f"reading {entity_set} failed ({response.status_code}): "
                     f"{odata_error_message(response)}"
                 )
-            body = response.json()
+            body = decode(response)
             yield list(body.get("value", []))
             url, params = body.get("@odata.nextLink"), None  # the link carries the query
 
@@ -105,4 +114,4 @@ class ODataReader:
                 f"reading {entity_set}{key_segment(key)} failed ({response.status_code}): "
                 f"{odata_error_message(response)}"
             )
-        return dict(response.json())
+        return dict(decode(response))
