@@ -58,7 +58,7 @@ def full_settings(sim_url: str, ct_url: str, project_key: str, workdir: str, **s
         concern: {"client_id": f"{concern}-client", **secret, "scopes": [f"{scope}:{project_key}"]}
         for concern, scope in (
             ("catalog", "manage_products"),
-            ("inventory", "manage_inventory"),
+            ("inventory", "manage_products"),  # inventory entries live under manage_products
             ("orders", "manage_orders"),
             ("customers", "manage_customers"),
         )
