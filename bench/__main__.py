@@ -19,6 +19,7 @@ BENCHMARKS: dict[str, str] = {
     "SIM": "bench.bench_sim",
     "B2R": "bench.bench_b2_reads",
     "B4": "bench.bench_b4",
+    "B5": "bench.bench_b5",
 }
 
 Runner = Callable[[float], dict[str, Any]]

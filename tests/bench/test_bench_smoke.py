@@ -157,6 +157,51 @@ def test_b4_bench_measures_both_sizes_in_child_processes() -> None:
     assert result["met"] is True
 
 
+@pytest.mark.slow
+def test_b5_bench_accepts_on_sqlite_and_postgresql() -> None:
+    result = _run_bench("B5")
+    assert "messages/s" in result["goal"] and "round trips" in result["goal"]
+    ours, naive = result["ours"], result["naive"]
+    _no_negative_numbers(ours)
+    _no_negative_numbers(naive)
+
+    messages = round(20_000 * SCALE)
+    duplicates = round(messages * 0.1)
+    assert (ours["messages"], ours["duplicates_injected"]) == (messages, duplicates)
+    assert ours["deliveries"] == messages + duplicates
+    assert ours["order_created"] + ours["customer_created"] == messages
+    assert 2000 <= ours["message_bytes_avg"] <= 4000
+    for backend in ("sqlite", "postgresql"):
+        for way in ("batched", "http"):
+            figures = ours[backend][way]
+            assert figures["deliveries"] == messages + duplicates, (backend, way)
+            assert figures["duplicates_detected"] == duplicates, (backend, way)
+            assert figures["accepted"] == figures["rows_stored"] == messages, (backend, way)
+            assert figures["deliveries_stored"] == messages + duplicates, (backend, way)
+            # Batches of 10 in one transaction: BEGIN + 10 statements + COMMIT.
+            assert figures["round_trips_per_message"] == 1.2, (backend, way)
+            assert figures["msgs_per_s"] > 0 and figures["batch_p95_ms"] > 0, (backend, way)
+        assert ours[backend]["http"]["answered_duplicate"] == duplicates
+        # One transaction per message: BEGIN, SELECT, INSERT, COMMIT (no INSERT for a duplicate).
+        theirs = naive[backend]
+        assert theirs["round_trips"] == 4 * messages + 3 * duplicates
+        assert (theirs["inserted"], theirs["duplicates_detected"]) == (messages, duplicates)
+        assert theirs["msgs_per_s"] > 0
+
+        started = ours["workflow_start"][backend]
+        workflows = started["messages"]
+        assert workflows == round(2_000 * SCALE)
+        assert started["starts"] == workflows + started["repeated_starts"]
+        assert started["executions"] == started["workflow_rows"] == workflows
+        assert started["msgs_per_s"] > 0
+    assert ours["workflow_start_in_accept"] is False
+    assert ours["postgresql"]["batched"]["pool_pre_pings"] == (messages + duplicates) // 10
+    assert ours["msgs_per_s"] == ours["sqlite"]["batched"]["msgs_per_s"]
+    assert naive["msgs_per_s"] == naive["sqlite"]["msgs_per_s"]
+    assert result["ratio"] == round(ours["msgs_per_s"] / naive["msgs_per_s"], 2)
+    assert result["met"] is True
+
+
 def test_unknown_benchmark_and_bad_scale_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert main({"BENCH": "nope", "BENCH_SCALE": "1"}) == 2
     assert "unknown benchmark 'nope'" in capsys.readouterr().err
