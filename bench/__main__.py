@@ -17,6 +17,7 @@ from bench.common import bench_scale, print_line, progress
 # Benchmark id → module; each module has `run(scale: float) -> dict` returning the result line.
 BENCHMARKS: dict[str, str] = {
     "SIM": "bench.bench_sim",
+    "B1": "bench.bench_b1",
     "B2R": "bench.bench_b2_reads",
     "B4": "bench.bench_b4",
     "B5": "bench.bench_b5",

@@ -11,13 +11,17 @@ import typer
 
 from d365ct.commands import catalog as catalog_commands
 from d365ct.commands import inventory as inventory_commands
+from d365ct.commands.errors import errors_app
 from d365ct.commands.jobs import jobs_app
+from d365ct.commands.orders import orders_app
 from d365ct.commands.service import check, config_app, run
 
 app = typer.Typer(
     help="d365ct — Dynamics 365 F&O ⇄ commercetools integration.", no_args_is_help=True
 )
 app.add_typer(jobs_app, name="jobs")
+app.add_typer(errors_app, name="errors")
+app.add_typer(orders_app, name="orders")
 app.add_typer(config_app, name="config")
 app.command("run")(run)
 app.command("check")(check)

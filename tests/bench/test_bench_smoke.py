@@ -207,3 +207,43 @@ def test_unknown_benchmark_and_bad_scale_are_refused(capsys: pytest.CaptureFixtu
     assert "unknown benchmark 'nope'" in capsys.readouterr().err
     assert main({"BENCH": "SIM", "BENCH_SCALE": "-1"}) == 2
     assert "BENCH_SCALE must be positive" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_b1_bench_counts_catalog_resync_calls_at_the_http_layer() -> None:
+    result = _run_bench("B1")
+    assert "1.05" in result["goal"] and "50x" in result["goal"]
+    ours, naive = result["ours"], result["naive"]
+    _no_negative_numbers(ours)
+    _no_negative_numbers(naive)
+
+    items = round(100_000 * SCALE)
+    changed = round(items * 0.01)
+    assert ours["source_items"] == items
+    # Every 485th item is a master over the 100-variant limit, split into two products.
+    assert ours["records"] >= items and ours["records"] == naive["records"]
+    initial = ours["initial_load"]
+    assert initial["created"] == initial["records"] == ours["records"]
+    assert initial["failed"] == 0 and initial["calls"] == initial["calls_summary"]
+    assert ours["d365_changes"]["changed_items"] == ours["changed_records"] == changed
+    assert ours["d365_changes"]["patch_calls"] == changed
+
+    # The re-sync: one update per changed product, none for the rest, counted by the hook.
+    assert ours["calls_match_summary"] is True
+    assert ours["writes"] == ours["updated"] == ours["changed_products"] >= changed
+    assert ours["unchanged"] == ours["records"] - ours["updated"]
+    assert ours["writes_to_unchanged"] == 0 and ours["failed"] == 0
+    assert ours["reads"] == ours["calls"] - ours["writes"] >= 1
+    assert ours["changes_arrived"] is True
+    assert ours["d365_calls"] == ours["d365_calls_hook"] == ours["d365_calls_summary"] > 0
+    assert ours["seconds"] > 0 and ours["cpu_seconds"] > 0 and ours["cpu_ms_per_record"] > 0
+
+    assert 0 < naive["extrapolated_from"] < naive["records"]
+    assert naive["measured_writes"] == naive["extrapolated_from"]
+    assert naive["measured_calls"] == naive["measured_calls_client"]
+    assert naive["writes"] == naive["records"]  # one POST per product, changed or not
+    assert naive["calls"] == naive["writes"] + naive["reads"]
+    assert naive["seconds"] > naive["measured_write_seconds"] > 0
+    assert set(naive["ct_ms_per_call"]) == {"GET", "POST"}
+    assert result["ratio"] == round(naive["calls"] / ours["calls"], 1)
+    assert result["met"] is True
