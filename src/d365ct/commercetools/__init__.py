@@ -12,7 +12,7 @@ from d365ct.commercetools.actions import (
     same_money,
     standalone_price_actions,
 )
-from d365ct.commercetools.auth import ClientCredentialsTokens, TokenProvider
+from d365ct.commercetools.auth import ClientCredentialsTokens
 from d365ct.commercetools.client import (
     UNKNOWN,
     CachedVersion,
@@ -26,6 +26,7 @@ from d365ct.commercetools.client import (
     field_predicate,
     quote_predicate_string,
 )
+from d365ct.tokens import TokenProvider
 
 __all__ = [
     "UNKNOWN",

@@ -5,43 +5,16 @@ One provider per API client (SPEC C2); tokens are cached, refreshed before expir
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import httpx
 
 from d365ct.config import SecretRef
 from d365ct.errors import CredentialError, TransientError
-
-# Refresh this long before expiry (or at half the lifetime for short-lived tokens). commercetools
-# tokens live 48 h by default, so the margin only matters for clients configured much shorter.
-REFRESH_MARGIN_SECONDS = 300.0
-
-
-class TokenProvider(Protocol):
-    client_id: str
-
-    async def token(self, *, force_refresh: bool = False) -> str: ...
-
-    async def close(self) -> None: ...
-
-
-class _CachedToken:
-    def __init__(self, clock: Callable[[], float]) -> None:
-        self.clock = clock
-        self.value: str | None = None
-        self.refresh_at = 0.0
-        self.lock = asyncio.Lock()
-
-    def fresh(self) -> str | None:
-        return self.value if self.value and self.clock() < self.refresh_at else None
-
-    def store(self, value: str, lifetime: float) -> None:
-        self.value = value
-        self.refresh_at = self.clock() + lifetime - min(REFRESH_MARGIN_SECONDS, lifetime / 2)
+from d365ct.tokens import CachedToken
 
 
 class ClientCredentialsTokens:
@@ -70,7 +43,7 @@ class ClientCredentialsTokens:
         self.scope_in_query = scope_in_query
         # A SecretRef stays a reference until a token is needed, so the value lives briefly.
         self._secret = client_secret
-        self._cache = _CachedToken(clock)
+        self._cache = CachedToken(clock)
         self.granted_scopes: tuple[str, ...] = ()  # what the last token actually carries
         self.requests = 0  # token requests sent, for tests and metrics
 

@@ -15,9 +15,9 @@ from urllib.parse import quote
 
 import httpx
 
-from d365ct.commercetools.auth import TokenProvider
 from d365ct.d365.http import parse_retry_after
 from d365ct.errors import CredentialError, PermanentError, TransientError
+from d365ct.tokens import TokenProvider
 
 RETRYABLE_STATUS = frozenset({502, 503, 504})  # and 429, with its own budget
 MAX_LIMIT = 500  # the API's maximum page size

@@ -5,42 +5,16 @@ Tokens are cached and refreshed before they expire; `force_refresh` is for the o
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 import httpx
 
 from d365ct.config import D365Settings
 from d365ct.errors import CredentialError, TransientError
-
-# Refresh this long before expiry (or at half the lifetime for short-lived tokens).
-REFRESH_MARGIN_SECONDS = 300.0
-
-
-class TokenProvider(Protocol):
-    client_id: str
-
-    async def token(self, *, force_refresh: bool = False) -> str: ...
-
-    async def close(self) -> None: ...
-
-
-class _CachedToken:
-    def __init__(self, clock: Callable[[], float]) -> None:
-        self.clock = clock
-        self.value: str | None = None
-        self.refresh_at = 0.0
-        self.lock = asyncio.Lock()
-
-    def fresh(self) -> str | None:
-        return self.value if self.value and self.clock() < self.refresh_at else None
-
-    def store(self, value: str, lifetime: float) -> None:
-        self.value = value
-        self.refresh_at = self.clock() + lifetime - min(REFRESH_MARGIN_SECONDS, lifetime / 2)
+from d365ct.tokens import CachedToken, TokenProvider
 
 
 class ClientCredentialsProvider:
@@ -66,7 +40,7 @@ class ClientCredentialsProvider:
             self._form["scope"] = scope
         if resource:
             self._form["resource"] = resource
-        self._cache = _CachedToken(clock)
+        self._cache = CachedToken(clock)
 
     async def token(self, *, force_refresh: bool = False) -> str:
         if not force_refresh and (value := self._cache.fresh()):
@@ -118,7 +92,7 @@ class AzureIdentityProvider:
         self.credential = credential
         self.scope = scope
         self.client_id = client_id
-        self._cache = _CachedToken(clock)
+        self._cache = CachedToken(clock)
         self._clock = clock
 
     async def token(self, *, force_refresh: bool = False) -> str:

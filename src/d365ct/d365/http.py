@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 from aiolimiter import AsyncLimiter
 
-from d365ct.d365.auth import TokenProvider
 from d365ct.errors import CredentialError, PermanentError, TransientError
+from d365ct.tokens import TokenProvider
 
 RETRYABLE_STATUS = frozenset({500, 502, 503, 504})
 
