@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
 import sqlalchemy as sa
 
-from d365ct.store.error_queue import ErrorQueue
+from d365ct.store.error_queue import EntryClosedError, ErrorQueue
 
 
 def test_failures_of_one_record_share_an_open_entry(engine: sa.Engine) -> None:
@@ -30,3 +34,46 @@ def test_failures_of_one_record_share_an_open_entry(engine: sa.Engine) -> None:
     assert reopened.id != first.id and reopened.attempts == 1
     assert queue.get(first.id) is not None
     assert queue.get(10_000) is None
+
+
+def test_the_first_close_wins(engine: sa.Engine) -> None:
+    queue = ErrorQueue(engine)
+    entry = queue.add(flow="orders", business_key="CT-1", step="import", error="x")
+    queue.close(entry.id, "resolved", "by hand")
+    with pytest.raises(EntryClosedError) as second:
+        queue.close(entry.id, "replayed", "went through")
+    assert second.value.entry.status == "resolved" and second.value.entry.note == "by hand"
+    with pytest.raises(LookupError):
+        queue.close(10_000, "resolved")
+
+
+def test_concurrent_closes_of_one_entry_leave_exactly_one_winner(engine: sa.Engine) -> None:
+    """Replays and resolves racing on the same entries, from threads with their own
+    connections: each entry is closed exactly once and keeps the winner's status and note."""
+    queue = ErrorQueue(engine)
+    ids = [
+        queue.add(flow="orders", business_key=f"CT-{i}", step="s", error="e").id for i in range(8)
+    ]
+    contenders = [("replayed", "replay A"), ("resolved", "resolve B"), ("resolved", "resolve C")]
+    barrier = threading.Barrier(len(contenders))
+
+    def contend(status: str, note: str) -> list[tuple[int, str]]:
+        won = []
+        barrier.wait()
+        for entry_id in ids:
+            try:
+                queue.close(entry_id, status, note)
+            except EntryClosedError:
+                continue
+            won.append((entry_id, note))
+        return won
+
+    with ThreadPoolExecutor(len(contenders)) as pool:
+        results = list(pool.map(lambda c: contend(*c), contenders))
+    winners = [w for won in results for w in won]
+    assert sorted(entry_id for entry_id, _ in winners) == ids
+    for entry_id, note in winners:
+        stored = queue.get(entry_id)
+        assert stored is not None and stored.note == note
+        assert stored.status == ("replayed" if note == "replay A" else "resolved")
+    assert queue.count_open() == 0

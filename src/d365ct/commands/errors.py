@@ -27,7 +27,7 @@ from d365ct.commands.jobs import store_url
 from d365ct.config import Settings, load_settings
 from d365ct.errors import D365ctError
 from d365ct.store import make_engine, migrate
-from d365ct.store.error_queue import ErrorEntry, ErrorQueue
+from d365ct.store.error_queue import EntryClosedError, ErrorEntry, ErrorQueue
 
 __all__ = ["errors_app"]
 
@@ -342,7 +342,11 @@ def resolve_errors(
             if entry.status != "open":
                 results.append({"id": entry.id, "status": entry.status, "closed": False})
                 continue
-            closed = queue.close(entry.id, "resolved", note=note.strip())
+            try:
+                closed = queue.close(entry.id, "resolved", note=note.strip())
+            except EntryClosedError as exc:  # replayed or resolved meanwhile by someone else
+                results.append({"id": entry.id, "status": exc.entry.status, "closed": False})
+                continue
             results.append({"id": closed.id, "status": closed.status, "closed": True})
     if as_json:
         _print_json(results)

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from d365ct.config import Settings
 from d365ct.errors import D365ctError
-from d365ct.store.error_queue import ErrorEntry, ErrorQueue
+from d365ct.store.error_queue import EntryClosedError, ErrorEntry, ErrorQueue
 
 __all__ = [
     "BEFORE_LAUNCH",
@@ -115,7 +115,10 @@ async def replay_entries(
         except (D365ctError, httpx.HTTPError, LookupError) as exc:
             ok, detail = False, f"{type(exc).__name__}: {exc}"
         if ok:
-            queue.close(entry.id, "replayed", note=f"replayed: {detail}"[:2000])
+            try:
+                queue.close(entry.id, "replayed", note=f"replayed: {detail}"[:2000])
+            except EntryClosedError as exc:  # resolved by someone while the replay ran
+                detail = f"{detail}; the entry was meanwhile {exc.entry.status}"
         outcomes.append(ReplayOutcome(entry.id, entry.flow, "replayed" if ok else "failed", detail))
     return outcomes
 

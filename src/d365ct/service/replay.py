@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from d365ct.store.error_queue import ErrorEntry, ErrorQueue
+from d365ct.store.error_queue import EntryClosedError, ErrorEntry, ErrorQueue
 
 __all__ = [
     "ReplayHandler",
@@ -97,7 +97,12 @@ class Replayer:
                 entry_id, "failed", self._describe(exc) or type(exc).__name__, entry
             )
         if result == "replayed":
-            entry = await asyncio.to_thread(self._errors.close, entry_id, "replayed", detail)
+            try:
+                entry = await asyncio.to_thread(self._errors.close, entry_id, "replayed", detail)
+            except EntryClosedError as closed:
+                # Resolved (or replayed) by someone else while this replay ran: theirs stands.
+                entry = closed.entry
+                detail = f"{detail}; the entry was meanwhile {entry.status} by someone else"
         else:
             entry = await asyncio.to_thread(self._errors.get, entry_id) or entry
         return ReplayOutcome(entry_id, result, detail, entry)
@@ -108,7 +113,10 @@ class Replayer:
             return ReplayOutcome(entry_id, "not_found", f"no error queue entry {entry_id}")
         if entry.status != "open":
             return ReplayOutcome(entry_id, "refused", f"entry {entry_id} is {entry.status}", entry)
-        closed = await asyncio.to_thread(self._errors.close, entry_id, "resolved", note or None)
+        try:
+            closed = await asyncio.to_thread(self._errors.close, entry_id, "resolved", note or None)
+        except EntryClosedError as exc:  # closed by a concurrent replay or resolve
+            return ReplayOutcome(entry_id, "refused", str(exc), exc.entry)
         return ReplayOutcome(entry_id, "resolved", note or "resolved", closed)
 
     async def replay_many(self, ids: Iterable[int]) -> list[ReplayOutcome]:

@@ -15,6 +15,8 @@ import sqlalchemy as sa
 
 from d365ct.store.tables import error_queue
 
+__all__ = ["EntryClosedError", "ErrorEntry", "ErrorQueue"]
+
 
 @dataclass(frozen=True)
 class ErrorEntry:
@@ -48,6 +50,14 @@ def _entry(row: sa.Row[Any]) -> ErrorEntry:
         created_at=m["created_at"],
         updated_at=m["updated_at"],
     )
+
+
+class EntryClosedError(Exception):
+    """The entry was no longer open: someone else replayed or resolved it first."""
+
+    def __init__(self, entry: ErrorEntry) -> None:
+        super().__init__(f"error queue entry {entry.id} is already {entry.status}")
+        self.entry = entry
 
 
 class ErrorQueue:
@@ -142,16 +152,24 @@ class ErrorQueue:
             )
 
     def close(self, entry_id: int, status: str, note: str | None = None) -> ErrorEntry:
-        """Mark an open entry replayed (it went through) or resolved (by a person, with a note)."""
+        """Mark an open entry replayed (it went through) or resolved (by a person, with a note).
+
+        The first close wins: the UPDATE is conditional on the entry still being open, so a
+        resolve racing a replay (or two resolves) cannot overwrite each other. The loser gets
+        EntryClosedError carrying the entry as the winner left it; LookupError if it is unknown.
+        """
         if status not in ("replayed", "resolved"):
             raise ValueError(f"an entry closes as replayed or resolved, not {status!r}")
         with self._engine.begin() as conn:
-            conn.execute(
+            changed = conn.execute(
                 sa.update(error_queue)
-                .where(error_queue.c.id == entry_id)
+                .where(error_queue.c.id == entry_id, error_queue.c.status == "open")
                 .values(status=status, note=note, updated_at=self._now())
-            )
+            ).rowcount
             row = conn.execute(sa.select(error_queue).where(error_queue.c.id == entry_id)).first()
         if row is None:
             raise LookupError(f"no error queue entry {entry_id}")
-        return _entry(row)
+        entry = _entry(row)
+        if changed != 1:
+            raise EntryClosedError(entry)
+        return entry
