@@ -17,7 +17,7 @@ PROTECTED_API = ["/api/jobs", "/api/errors", "/api/reports", "/api/config", "/ap
 PAGES = ["/", "/jobs", "/errors", "/reports", "/config"]
 
 
-@pytest.mark.parametrize("path", [*PROTECTED_API, "/metrics"])
+@pytest.mark.parametrize("path", [*PROTECTED_API, "/metrics", "/api/openapi.json"])
 def test_api_needs_the_bearer_token(anon: TestClient, path: str) -> None:
     missing = anon.get(path)
     assert missing.status_code == 401
@@ -27,6 +27,13 @@ def test_api_needs_the_bearer_token(anon: TestClient, path: str) -> None:
     basic = anon.get(path, headers={"Authorization": f"Basic {TOKEN}"})
     assert basic.status_code == 401
     assert anon.get(path, headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"])
+def test_no_public_api_docs(anon: TestClient, path: str) -> None:
+    """FastAPI's own schema and docs routes are off: the schema is only behind the token."""
+    assert anon.get(path).status_code in (303, 404)
+    assert "openapi" not in anon.get(path).text.lower()
 
 
 def test_api_writes_need_the_token(anon: TestClient) -> None:

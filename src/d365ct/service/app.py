@@ -150,9 +150,11 @@ def create_app(
         title="d365ct",
         summary="Dynamics 365 F&O ⇄ commercetools integration service",
         lifespan=lifespan,
-        docs_url=None,  # the OpenAPI UI would load scripts from a CDN; /openapi.json remains
+        # The OpenAPI UI would load scripts from a CDN: no /docs, /redoc. The schema is served
+        # below, behind the token like the API it describes.
+        docs_url=None,
         redoc_url=None,
-        openapi_url="/api/openapi.json",
+        openapi_url=None,
     )
     app.state.service = state
     app.add_middleware(_SecurityHeaders)
@@ -189,6 +191,11 @@ def create_app(
         """Prometheus text; needs the service token as a bearer header, like the API."""
         body = await asyncio.to_thread(metrics.render, state.registry)
         return Response(body, media_type=metrics.CONTENT_TYPE)
+
+    @app.get("/api/openapi.json", include_in_schema=False, dependencies=[Depends(auth.require_api)])
+    async def openapi_schema() -> JSONResponse:
+        """The JSON API's OpenAPI schema; needs the service token."""
+        return JSONResponse(app.openapi())
 
     app.include_router(api_router(auth))
     app.include_router(login_router(auth))
