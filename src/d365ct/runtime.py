@@ -17,6 +17,7 @@ from d365ct.d365.auth import token_provider
 from d365ct.d365.dmf import DmfClient
 from d365ct.d365.http import D365Http, RetryPolicy
 from d365ct.d365.odata import ODataReader
+from d365ct.service.metrics import retry_hook
 
 
 @dataclass
@@ -50,6 +51,7 @@ class Adapters:
                 ct.project_key,
                 tokens,
                 max_concurrency=ct.max_concurrency,
+                on_retry=retry_hook("commercetools"),
             )
             self._commercetools[concern] = client
         return client
@@ -71,5 +73,6 @@ async def adapters(
             policy=RetryPolicy(max_attempts=settings.d365.max_attempts),
             max_concurrency=settings.d365.max_concurrency,
             rate_per_second=settings.d365.rate_per_second,
+            on_retry=retry_hook("d365"),  # 429s and retried failures show in /metrics
         )
         yield Adapters(settings, d365, ODataReader(d365), DmfClient(d365), http)

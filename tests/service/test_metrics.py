@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+from pathlib import Path
 
+import httpx
+import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from d365ct.intake.inbox import InboxStats
+from d365ct.runtime import adapters
 from d365ct.service import metrics
 from d365ct.service.queries import StoreQueries
+from tests.flows.support import SECRET_ENV as SIM_SECRET_ENV
+from tests.flows.support import sim_settings
+from tests.service.conftest import make_settings
 from tests.service.seed import seed
+from tests.sim_fixtures import RunningSim
 
 
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -82,3 +91,35 @@ def test_inbox_counters(store_engine: sa.Engine) -> None:
     s = _samples(text)
     assert s[("d365ct_intake_messages_total", (("outcome", "accepted"),))] == 3
     assert s[("d365ct_intake_messages_total", (("outcome", "duplicate"),))] == 1
+
+
+def test_d365_throttling_is_counted_in_the_service_metrics(
+    running_sim: RunningSim,
+    tmp_path: Path,
+    secrets_env: None,
+    api: TestClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A 429 from d365sim, met by the adapters the flows use (runtime.adapters), is retried and
+    shows in the service's /metrics as d365ct_http_retries_total{target="d365",reason="429"}."""
+    monkeypatch.setenv(SIM_SECRET_ENV, running_sim.config.client_secret)
+    settings = make_settings(
+        tmp_path, d365=sim_settings(running_sim.base_url).model_dump(mode="json")
+    )
+    throttled = (("reason", "429"), ("target", "d365"))
+    before = _samples(api.get("/metrics").text).get(("d365ct_http_retries_total", throttled), 0)
+
+    async def read_twice() -> None:
+        async with adapters(settings) as ctx:
+            for _ in range(2):  # one request per second passes; the second waits Retry-After
+                await ctx.d365_http.get_json("data/CustomersV3", {"$top": "1"})
+
+    faults = f"{running_sim.base_url}/_sim/faults"  # the simulator's admin API
+    httpx.put(faults, json={"throttle_rps": 1}).raise_for_status()
+    try:
+        asyncio.run(read_twice())
+    finally:
+        httpx.put(faults, json={"throttle_rps": 0}).raise_for_status()
+    assert running_sim.simulator.counters.snapshot().get("429", 0) >= 1
+    after = _samples(api.get("/metrics").text)[("d365ct_http_retries_total", throttled)]
+    assert after >= before + 1

@@ -27,6 +27,7 @@ from d365ct.d365.http import D365Http, RetryPolicy
 from d365ct.d365.packages import PackageWriter, Unit
 from d365ct.engine import enqueue_import_async
 from d365ct.errors import D365ctError, TransientError
+from d365ct.service.metrics import retry_hook
 from d365ct.store import ACTIVE_STATES, JobStore, RecordOutcome
 
 EXECUTION_NAMESPACE = uuid.UUID("6f1c1f5e-0b1d-4c4e-9a55-3d365c7a0001")
@@ -174,6 +175,7 @@ class PackageJobs(DBOSConfiguredInstance):
                 policy=RetryPolicy(max_attempts=self.settings.max_attempts),
                 max_concurrency=self.settings.max_concurrency,
                 rate_per_second=self.settings.rate_per_second,
+                on_retry=retry_hook("d365"),
             )
             client = self._clients[id(loop)] = DmfClient(d365)
         return client
