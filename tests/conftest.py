@@ -14,6 +14,13 @@ from d365sim.azurite import Azurite
 from d365sim.blob import BlobStore
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # Registered here, not in pyproject.toml; browser tests run in `make test` like the others.
+    config.addinivalue_line(
+        "markers", "browser: drives the dashboard in headless Chromium (Debian chromium package)"
+    )
+
+
 @pytest.fixture(scope="session")
 def azurite() -> Iterator[Azurite]:
     """A running Azurite blob service, shared by the whole session."""

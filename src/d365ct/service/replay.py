@@ -9,9 +9,12 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from d365ct.store.error_queue import EntryClosedError, ErrorEntry, ErrorQueue
+
+if TYPE_CHECKING:
+    from d365ct.config import Settings
 
 __all__ = [
     "ReplayHandler",
@@ -19,6 +22,7 @@ __all__ = [
     "ReplayRegistry",
     "ReplayResult",
     "Replayer",
+    "flow_registry",
 ]
 
 log = logging.getLogger(__name__)
@@ -63,6 +67,33 @@ class ReplayRegistry:
     @property
     def flows(self) -> list[str]:
         return sorted(self._handlers)
+
+
+def flow_registry(settings: Settings, flows: Iterable[str] | None = None) -> ReplayRegistry:
+    """A registry holding the flows' own replay handlers (``d365ct.flows.replay.REPLAYERS``,
+    the ones ``d365ct errors replay`` uses), for ``flows`` or all of them.
+
+    Durable flows (orders, customers) need the workflow engine launched: see
+    ``d365ct.flows.replay.prepare_durable``.
+    """
+    from d365ct.flows.replay import REPLAYERS
+
+    registry = ReplayRegistry()
+    for flow in sorted(REPLAYERS if flows is None else flows):
+        registry.register(flow, _flow_handler(settings, flow))
+    return registry
+
+
+def _flow_handler(settings: Settings, flow: str) -> ReplayHandler:
+    from d365ct.flows.replay import REPLAYERS
+
+    handler = REPLAYERS[flow]
+
+    async def replay(entry: ErrorEntry) -> tuple[ReplayResult, str]:
+        went_through, detail = await handler(settings, entry)
+        return ("replayed" if went_through else "failed"), detail
+
+    return replay
 
 
 class Replayer:
