@@ -8,7 +8,7 @@ BENCH ?=
 BENCH_SCALE ?= 1
 PYTEST_ARGS ?=
 
-.PHONY: install test lint types pytest demo bench clean lock
+.PHONY: install browser test lint types pytest demo bench clean lock screenshots
 
 install: $(PY_STAMP) $(NODE_STAMP)
 
@@ -29,8 +29,19 @@ lint: $(PY_STAMP)
 types: $(PY_STAMP)
 	$(BIN)/mypy
 
-pytest: install
+# The dashboard's browser tests drive Debian's chromium through Playwright (no browser download).
+browser:
+	@command -v chromium >/dev/null || [ -n "$$D365CT_CHROMIUM" ] || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "make browser: Chromium is missing and could not be installed (needs root and apt-get):" \
+	    "the dashboard's browser tests will fail. Install it: sudo apt-get install chromium" >&2
+
+pytest: install browser
 	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+screenshots: install browser
+	$(BIN)/python -m tools.screenshots
 
 test: lint types pytest
 
