@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
+import pytest
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
+from d365ct.service.app import create_app
 from d365ct.service.health import ReadinessProbe
 from d365ct.service.logging import Redactor
-from tests.service.conftest import FakeReadiness
+from tests.flows.support import SECRET_ENV as SIM_SECRET_ENV
+from tests.flows.support import sim_settings
+from tests.service.conftest import FakeReadiness, make_settings
+from tests.sim_fixtures import RunningSim
 
 
 def test_healthz_asks_nothing(anon: TestClient, readiness: FakeReadiness) -> None:
@@ -79,3 +86,44 @@ def test_probe_expiry_timeout_and_redaction() -> None:
         assert len(calls) == 2
 
     asyncio.run(scenario())
+
+
+def test_readyz_asks_the_real_dependencies(
+    running_sim: RunningSim,
+    tmp_path: Path,
+    secrets_env: None,
+    store_engine: sa.Engine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The default checks: the store, a D365 token from d365sim (real), and a token per
+    commercetools client; one unreachable identity provider makes the service not ready."""
+    monkeypatch.setenv(SIM_SECRET_ENV, running_sim.config.client_secret)
+    closed_port = "http://127.0.0.1:9"  # discard port: nothing listens there
+    settings = make_settings(
+        tmp_path,
+        d365=sim_settings(running_sim.base_url).model_dump(mode="json"),
+        commercetools={
+            "project_key": "acme",
+            "api_url": closed_port,
+            "auth_url": closed_port,
+            "clients": {
+                "orders": {
+                    "client_id": "orders-client",
+                    "client_secret": f"env:{SIM_SECRET_ENV}",
+                    "scopes": ["manage_orders:acme"],
+                }
+            },
+        },
+    )
+    app = create_app(settings, store_engine=store_engine)
+    with TestClient(app) as client:
+        response = client.get("/readyz")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["status"] == "not ready"
+    assert set(body["checks"]) == {"database", "d365_token", "commercetools_orders_token"}
+    assert body["checks"]["database"] == {"ok": True, "detail": "reachable"}
+    assert body["checks"]["d365_token"] == {"ok": True, "detail": "token for client sandbox-client"}
+    orders = body["checks"]["commercetools_orders_token"]
+    assert orders["ok"] is False and "unreachable" in orders["detail"], orders
+    assert running_sim.config.client_secret not in response.text
