@@ -23,8 +23,8 @@ $(NODE_STAMP): package-lock.json package.json
 	touch $@
 
 lint: $(PY_STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench tools
+	$(BIN)/ruff format --check src tests bench tools
 
 types: $(PY_STAMP)
 	$(BIN)/mypy
