@@ -339,9 +339,12 @@ class Service:
 
 
 @contextmanager
-def running_service(settings: Settings, workdir: Path) -> Iterator[Service]:
+def running_service(
+    settings: Settings, workdir: Path, extra_env: dict[str, str] | None = None
+) -> Iterator[Service]:
     """`d365ct run` as a child process on these settings; stopped with SIGTERM when the block
     ends (`Service.process.returncode` is then its exit code: 0 after a graceful stop)."""
+    workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "d365ct.toml"
     config.write_text(settings_toml(settings), encoding="utf-8")
     log_path = workdir / "service.log"
@@ -350,6 +353,7 @@ def running_service(settings: Settings, workdir: Path) -> Iterator[Service]:
     package_root = str(Path(__file__).resolve().parents[1])
     env = {
         **os.environ,
+        **(extra_env or {}),
         "PYTHONPATH": os.pathsep.join([package_root, os.environ.get("PYTHONPATH", "")]).rstrip(
             os.pathsep
         ),

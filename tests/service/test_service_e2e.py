@@ -20,6 +20,7 @@ from d365ct.storefront import check_storefront, deliver, seed_storefront, wait_s
 from tests.ct_fixtures import CtMock
 from tests.flows.support import SECRET_ENV, full_settings
 from tests.sim_fixtures import RunningSim
+from tests.store.conftest import postgres_url  # noqa: F401 (fixture)
 
 
 @pytest.mark.slow
@@ -70,4 +71,53 @@ async def test_the_service_processes_pushed_orders_and_customers(
     assert "inbox processor stopped" in log and "d365ct service stopped" in log
     assert "service-token-0123456789" not in log and "intake-token-0123456789" not in log
     assert stopped_in < 30
+    engine.dispose()
+
+
+@pytest.mark.slow
+async def test_two_workers_on_postgresql_post_each_order_once(
+    fresh_sim: RunningSim,
+    ct_mock: CtMock,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    postgres_url: str,  # noqa: F811 (the fixture imported above)
+) -> None:
+    """Two `d365ct run` processes on one PostgreSQL store compete for the same inbox: the inbox
+    leases each message to one of them, and each order reaches D365 exactly once."""
+    monkeypatch.setenv(SECRET_ENV, fresh_sim.config.client_secret)
+    monkeypatch.setenv("D365CT_DEMO_API_TOKEN", "service-token-0123456789")
+    monkeypatch.setenv("D365CT_DEMO_INTAKE_TOKEN", "intake-token-0123456789")
+    settings = full_settings(
+        fresh_sim.base_url,
+        ct_mock.url,
+        ct_mock.project_key,
+        str(tmp_path),
+        **service_sections(free_port(), schedules=False),
+    )
+    settings = settings.model_copy(
+        update={"store": settings.store.model_copy(update={"url": postgres_url})}
+    )
+    second = settings.model_copy(
+        update={"service": settings.service.model_copy(update={"bind": f"127.0.0.1:{free_port()}"})}
+    )
+    engine = make_engine(postgres_url)
+    await run_setup(settings)
+    assert (await sync_catalog(settings, engine)).created > 0
+    front = await seed_storefront(settings, customers=3, orders=10)
+
+    with (
+        running_service(settings, tmp_path / "a", {"DBOS__VMID": "worker-a"}) as a,
+        running_service(second, tmp_path / "b", {"DBOS__VMID": "worker-b"}) as b,
+    ):
+        token = "intake-token-0123456789"
+        half = len(front.messages) // 2
+        assert deliver(a.base_url, token, front.messages[:half]) == half
+        assert deliver(b.base_url, token, front.messages[half:]) == len(front.messages) - half
+        wait_settled(engine, front, timeout=120)
+        outcome = await check_storefront(settings, engine, front)
+    assert outcome.problems == []  # every good order once in D365, in its legal entity
+    assert outcome.orders_posted == 8 and set(outcome.orders_in_error_queue) == set(front.bad)
+    assert a.process.returncode == 0 and b.process.returncode == 0
+    for service in (a, b):
+        assert "inbox processor started" in service.log_path.read_text()
     engine.dispose()
