@@ -16,6 +16,7 @@ from d365ct.demo import free_port, running_service, service_sections
 from d365ct.flows.catalog import sync_catalog
 from d365ct.flows.setup import run_setup
 from d365ct.store import make_engine, migrate
+from d365ct.store.error_queue import ErrorQueue
 from d365ct.storefront import check_storefront, deliver, seed_storefront, wait_settled
 from tests.ct_fixtures import CtMock
 from tests.flows.support import SECRET_ENV, full_settings
@@ -54,6 +55,19 @@ async def test_the_service_processes_pushed_orders_and_customers(
         assert outcome.problems == []
         assert outcome.orders_posted == 3 and outcome.customers_synced == 2
         assert set(outcome.orders_in_error_queue) == set(front.bad)
+
+        # The dashboard's replay re-drives a bad order through the orders flow: still unroutable.
+        unrouted = next(n for n, why in front.bad.items() if "store" in why)
+        entry = next(
+            e for e in ErrorQueue(engine).list(flow="orders") if e.business_key == unrouted
+        )
+        replayed = httpx.post(
+            f"{service.base_url}/api/errors/{entry.id}/replay",
+            headers={"Authorization": "Bearer service-token-0123456789"},
+            timeout=60,
+        )
+        assert replayed.status_code == 422, replayed.text
+        assert "no legal entity" in replayed.text and "no replay handler" not in replayed.text
 
         # The inventory schedule (every 2 s) ran the sync inside the service.
         deadline = time.monotonic() + 30

@@ -35,7 +35,7 @@ from collections.abc import AsyncIterator, Callable, Generator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import import_module
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import uvicorn
 from fastapi import APIRouter
@@ -63,6 +63,7 @@ __all__ = [
     "dbos_step_history",
     "run_service",
     "schedules_for",
+    "service_replays",
 ]
 
 log = logging.getLogger("d365ct.service")
@@ -333,6 +334,28 @@ def _commerce_flows(settings: Settings, engine: Any) -> Any:
     return commerce_flows(settings, engine)
 
 
+def service_replays(settings: Settings, *, commerce: bool) -> ReplayRegistry:
+    """The dashboard's and JSON API's replay handlers: those of `d365ct errors replay`
+    (d365ct.flows.replay), for the flows this service can run (orders and customers only with
+    their commercetools clients, whose DBOS instances exist before launch)."""
+    from d365ct.flows.replay import REPLAYERS, ReplayHandler
+
+    registry = ReplayRegistry()
+
+    def adapt(handler: ReplayHandler) -> Callable[[Any], Any]:
+        async def replay(entry: Any) -> tuple[Literal["replayed", "failed"], str]:
+            ok, detail = await handler(settings, entry)
+            return ("replayed" if ok else "failed"), detail
+
+        return replay
+
+    for flow, handler in REPLAYERS.items():
+        if flow in ("orders", "customers") and not commerce:
+            continue
+        registry.register(flow, adapt(handler))
+    return registry
+
+
 _VERSION_CHECK_SECONDS: Final = 60.0
 _last_version_check = [0.0]
 
@@ -401,7 +424,8 @@ def run_service(
             extra_routers=routers,
             auth_disabled=insecure_no_auth,
             redactor=redactor,
-            replay_registry=replay_registry,
+            replay_registry=replay_registry
+            or service_replays(settings, commerce=flows is not None),
             step_history=dbos_step_history,
             inbox_stats=inbox.stats,
             background=background,
