@@ -327,6 +327,14 @@ def settings_toml(settings: Settings) -> str:
     return "\n".join(lines)
 
 
+def _die_with_parent() -> None:
+    """Linux: the kernel sends the service SIGTERM should the demo die, even by SIGKILL."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 @dataclass
 class Service:
     process: subprocess.Popen[bytes]
@@ -365,6 +373,10 @@ def running_service(
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
+            # Its own session: Ctrl-C reaches the demo only, which then sends one SIGTERM (a
+            # second signal would make uvicorn skip its graceful shutdown).
+            start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
         try:
             deadline = time.monotonic() + 90
