@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import signal
-import threading
 from typing import Annotated
 
 import typer
@@ -43,57 +40,49 @@ def _root() -> None:
 @app.command()
 def demo(
     products: Annotated[int, typer.Option(help="Released products to seed in D365.")] = 200,
+    customers: Annotated[
+        int, typer.Option(min=0, help="Customers the storefront registers in commercetools.")
+    ] = 6,
+    orders: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Orders the storefront places; from 4 up, two are bad on purpose (an unknown "
+            "SKU, an unmapped store) and must land in the error queue.",
+        ),
+    ] = 12,
     port: Annotated[int, typer.Option(help="Port of the D365 simulator; 0 picks one.")] = 0,
+    service_port: Annotated[
+        int, typer.Option(help="Port of the service (dashboard, API, intake); 0 picks one.")
+    ] = 0,
     job_seconds: Annotated[float, typer.Option(help="Duration of each simulated DMF job.")] = 2.0,
     exit_when_settled: Annotated[
-        bool, typer.Option("--exit", help="Stop when the seeded work settled; print a summary.")
+        bool,
+        typer.Option(
+            "--exit",
+            help="Stop when all seeded work settled; print a summary per flow; exit 0 only if "
+            "the outcome matches what was seeded.",
+        ),
     ] = False,
 ) -> None:
-    """Run the main job on a local sandbox: d365sim and the commercetools mock, then setup and
-    the catalog, price and inventory syncs and a reconciliation."""
-    import asyncio
-    import json
+    """Run the main job on a local sandbox: d365sim and the commercetools mock; setup, the
+    catalog, price and inventory syncs and a reconciliation; then the service (d365ct run, on
+    SQLite) with its dashboard, fed by a storefront's customers and orders over the webhook
+    intake. Without --exit it serves until Ctrl-C."""
+    from d365ct.demo import run_demo
 
-    from d365ct.demo import expected_outcome, run_flows, running_peers
-
-    def show(result: object) -> None:
-        name = getattr(result, "name", "")
-        summary = getattr(result, "summary", {})
-        keys = ("created", "updated", "unchanged", "failed", "zeroed", "deleted")
-        figures = ", ".join(f"{k} {summary[k]}" for k in keys if summary.get(k))
-        if "reports" in summary:
-            figures = "; ".join(
-                f"{r['legal_entity']}: {r['state']} {r.get('counts', {}).get('actions', '')}"
-                for r in summary["reports"]
-            )
-        typer.echo(f"  {name:<22} {getattr(result, 'seconds', 0):>7.1f} s  {figures}")
-
-    return_code: list[int] = []
-    try:
-        with running_peers(products, job_seconds, port) as sandbox:
-            typer.echo(f"D365 F&O simulator   {sandbox.d365_url} ({sandbox.seeded_rows:,} rows)")
-            typer.echo(f"commercetools mock   {sandbox.ct_url}/d365ct-demo")
-            results = asyncio.run(run_flows(sandbox.settings(), show))
-            problems = expected_outcome(results)
-            if exit_when_settled:
-                summary = {r.name: {"seconds": r.seconds, **r.summary} for r in results}
-                (sandbox.workdir / "summary.json").write_text(json.dumps(summary, default=str))
-                for problem in problems:
-                    typer.echo(f"unexpected: {problem}", err=True)
-                typer.echo("demo: " + ("settled as seeded" if not problems else "FAILED"))
-                code = 1 if problems else 0
-                return_code.append(code)
-                return
-            typer.echo("Explore: the peers stay up until Ctrl-C.")
-            stop = threading.Event()
-            signal.signal(signal.SIGTERM, lambda *_: stop.set())
-            with contextlib.suppress(KeyboardInterrupt):
-                stop.wait()
-    except RuntimeError as exc:  # a peer that did not start
-        typer.echo(f"d365ct demo: {exc}", err=True)
-        raise typer.Exit(1) from exc
-    if return_code and return_code[0]:
-        raise typer.Exit(return_code[0])
+    code = run_demo(
+        products=products,
+        customers=customers,
+        orders=orders,
+        d365_port=port,
+        service_port=service_port,
+        job_seconds=job_seconds,
+        exit_when_settled=exit_when_settled,
+        echo=typer.echo,
+    )
+    if code:
+        raise typer.Exit(code)
 
 
 def main() -> None:

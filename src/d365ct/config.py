@@ -170,12 +170,23 @@ class CatalogSettings(_Section):
     # D365 LanguageId → commercetools locale of LocalizedString names and slugs
     languages: dict[str, str] = Field(default_factory=lambda: {"en-us": "en", "de": "de"})
     source_legal_entity: str = "usmf"  # the company whose released products form the catalog
+    # `d365ct run`: cron (UTC; 5 fields, or 6 with seconds first) of the delta sync; "" = off
+    schedule: str = "*/30 * * * *"
 
 
 class InventorySettings(_Section):
     entity_set: str = "WarehousesOnHandV2"  # the seed brief calls it InventOnHandV2
     quantity_field: str = "AvailableOnHandQuantity"  # seed brief: AvailablePhysicalQuantity
     export_project: str = "d365ct-onhand"
+    # `d365ct run`: cron (UTC) of the inventory delta sync; "" = off
+    schedule: str = "*/5 * * * *"
+    # `d365ct run`: cron (UTC) of the reconciliation against a DMF export of on-hand; "" = off
+    reconcile_schedule: str = "0 2 * * *"
+
+
+class PriceSettings(_Section):
+    # `d365ct run`: cron (UTC) of the price delta sync; "" = off
+    schedule: str = "15,45 * * * *"
 
 
 class IntakeSettings(_Section):
@@ -237,6 +248,7 @@ class Settings(_Section):
     warehouses: tuple[WarehouseSettings, ...] = ()
     catalog: CatalogSettings = CatalogSettings()
     inventory: InventorySettings = InventorySettings()
+    prices: PriceSettings = PriceSettings()
     intake: IntakeSettings = IntakeSettings()
     service: ServiceSettings = ServiceSettings()
     orders: OrderSettings = OrderSettings()

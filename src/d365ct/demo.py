@@ -1,5 +1,6 @@
 """The local sandbox behind `d365ct demo`: d365sim and the commercetools mock on free ports, then
-setup and the D365 → commercetools flows, run the way `d365ct` runs them in production.
+setup and the D365 → commercetools flows, run the way `d365ct` runs them in production; then
+`d365ct run` (on SQLite) as a child process, fed by a storefront (d365ct.storefront).
 
 Both peers run as child processes (d365sim starts its own Azurite); nothing is imported from them.
 """
@@ -8,11 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
+import secrets
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,6 +32,9 @@ from d365ct.config import Settings
 from d365ct.errors import ConfigurationError
 
 SECRET_ENV = "D365CT_DEMO_SECRET"  # every demo client shares one secret; the peers accept any
+SERVICE_TOKEN_ENV = "D365CT_DEMO_API_TOKEN"  # the dashboard's token, new for every demo
+INTAKE_TOKEN_ENV = "D365CT_DEMO_INTAKE_TOKEN"  # the webhook intake's shared secret
+SETTLE_SECONDS = 180.0  # --exit: how long the storefront's messages may take to settle
 PROJECT_KEY = "d365ct-demo"
 # Two warehouses per company are mapped; usmf 24 and demf DE-03 are left out on purpose, so the
 # demo shows unmapped stock landing in the error queue with a reason.
@@ -39,8 +48,8 @@ class Sandbox:
     workdir: Path
     seeded_rows: int
 
-    def settings(self) -> Settings:
-        return demo_settings(self.d365_url, self.ct_url, self.workdir)
+    def settings(self, **sections: Any) -> Settings:
+        return demo_settings(self.d365_url, self.ct_url, self.workdir, **sections)
 
 
 @dataclass
@@ -125,7 +134,8 @@ def running_peers(products: int, job_seconds: float, d365_port: int = 0) -> Iter
             _stop(process)
 
 
-def demo_settings(d365_url: str, ct_url: str, workdir: Path) -> Settings:
+def demo_settings(d365_url: str, ct_url: str, workdir: Path, **sections: Any) -> Settings:
+    """The sandbox's settings; `sections` replace whole top-level sections (service, orders…)."""
     os.environ.setdefault(SECRET_ENV, "sandbox-secret")
     secret = f"env:{SECRET_ENV}"
     clients = {
@@ -141,35 +151,47 @@ def demo_settings(d365_url: str, ct_url: str, workdir: Path) -> Settings:
             ("customers", ("manage_customers",)),
         )
     }
-    return Settings.model_validate(
-        {
-            "d365": {
-                "base_url": d365_url,
-                "authority": d365_url,
-                "tenant_id": "sandbox",
-                "client_id": "sandbox-client",
-                "client_secret": secret,
-                "auth": "oauth2",
-                "poll_interval_seconds": 0.5,
+    data: dict[str, Any] = {
+        "d365": {
+            "base_url": d365_url,
+            "authority": d365_url,
+            "tenant_id": "sandbox",
+            "client_id": "sandbox-client",
+            "client_secret": secret,
+            "auth": "oauth2",
+            "poll_interval_seconds": 0.5,
+        },
+        "store": {"url": f"sqlite:///{workdir / 'd365ct.sqlite'}", "workdir": str(workdir)},
+        "commercetools": {
+            "project_key": PROJECT_KEY,
+            "api_url": ct_url,
+            "auth_url": ct_url,
+            "scope_in_query": True,  # what the mock reads; the real API takes the form body
+            "clients": clients,
+        },
+        "legal_entities": [
+            {
+                "id": "usmf",
+                "currency": "USD",
+                "stores": ["us-store"],
+                "countries": ["US"],
+                "guest_customer_account": "US-000002",
             },
-            "store": {"url": f"sqlite:///{workdir / 'd365ct.sqlite'}", "workdir": str(workdir)},
-            "commercetools": {
-                "project_key": PROJECT_KEY,
-                "api_url": ct_url,
-                "auth_url": ct_url,
-                "scope_in_query": True,  # what the mock reads; the real API takes the form body
-                "clients": clients,
+            {
+                "id": "demf",
+                "currency": "EUR",
+                "stores": ["de-store"],
+                "countries": ["DE"],
+                "guest_customer_account": "DE-000002",
             },
-            "legal_entities": [
-                {"id": "usmf", "currency": "USD", "stores": ["us-store"], "countries": ["US"]},
-                {"id": "demf", "currency": "EUR", "stores": ["de-store"], "countries": ["DE"]},
-            ],
-            "warehouses": [
-                {"legal_entity": le, "warehouse": wh, "supply_channel": f"{le}-{wh}".lower()}
-                for le, wh in WAREHOUSES
-            ],
-        }
-    )
+        ],
+        "warehouses": [
+            {"legal_entity": le, "warehouse": wh, "supply_channel": f"{le}-{wh}".lower()}
+            for le, wh in WAREHOUSES
+        ],
+    }
+    data.update(sections)
+    return Settings.model_validate(data)
 
 
 async def run_flows(settings: Settings, report: Callable[[StepResult], None]) -> list[StepResult]:
@@ -249,3 +271,240 @@ def token_ok(sandbox: Sandbox) -> bool:
         )
         return response.status_code == 200
     return False
+
+
+# -- the service and the storefront ----------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def service_sections(port: int, *, schedules: bool) -> dict[str, Any]:
+    """What the demo's `d365ct run` adds to the sandbox settings: loopback bind and fresh tokens,
+    short micro-batch windows, and the cron schedules (off when the demo exits when settled)."""
+    os.environ.setdefault(SERVICE_TOKEN_ENV, secrets.token_urlsafe(18))
+    os.environ.setdefault(INTAKE_TOKEN_ENV, secrets.token_urlsafe(18))
+    sections: dict[str, Any] = {
+        "service": {"bind": f"127.0.0.1:{port}", "token": f"env:{SERVICE_TOKEN_ENV}"},
+        "intake": {"kind": "http", "token": f"env:{INTAKE_TOKEN_ENV}"},
+        "orders": {"max_orders": 50, "max_wait_seconds": 2},
+    }
+    if not schedules:
+        sections["catalog"] = {"schedule": ""}
+        sections["prices"] = {"schedule": ""}
+        sections["inventory"] = {"schedule": "", "reconcile_schedule": ""}
+    return sections
+
+
+def _drop_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_none(v) for v in value]
+    return value
+
+
+def settings_toml(settings: Settings) -> str:
+    """The settings as a d365ct.toml (secrets stay references)."""
+    from d365ct.service.configdoc import toml_value
+
+    data = _drop_none(settings.model_dump(mode="json"))
+    lines: list[str] = []
+    for name, value in data.items():
+        if isinstance(value, dict):
+            lines.append(f"[{name}]")
+            lines += [f"{k} = {toml_value(v)}" for k, v in value.items()]
+            lines.append("")
+    for name, value in data.items():
+        if isinstance(value, list):
+            for item in value:
+                lines.append(f"[[{name}]]")
+                lines += [f"{k} = {toml_value(v)}" for k, v in item.items()]
+                lines.append("")
+    return "\n".join(lines)
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel sends the service SIGTERM should the demo die, even by SIGKILL."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+@dataclass
+class Service:
+    process: subprocess.Popen[bytes]
+    base_url: str
+    log_path: Path
+
+    @property
+    def dashboard(self) -> str:
+        return f"{self.base_url}/"
+
+
+@contextmanager
+def running_service(
+    settings: Settings, workdir: Path, extra_env: dict[str, str] | None = None
+) -> Iterator[Service]:
+    """`d365ct run` as a child process on these settings; stopped with SIGTERM when the block
+    ends (`Service.process.returncode` is then its exit code: 0 after a graceful stop)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = workdir / "d365ct.toml"
+    config.write_text(settings_toml(settings), encoding="utf-8")
+    log_path = workdir / "service.log"
+    base_url = f"http://{settings.service.bind}"
+    # The child imports the d365ct this process runs, whatever its working directory.
+    package_root = str(Path(__file__).resolve().parents[1])
+    env = {
+        **os.environ,
+        **(extra_env or {}),
+        "PYTHONPATH": os.pathsep.join([package_root, os.environ.get("PYTHONPATH", "")]).rstrip(
+            os.pathsep
+        ),
+    }
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "d365ct.cli", "run", "--config", str(config)],
+            cwd=workdir,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            # Its own session: Ctrl-C reaches the demo only, which then sends one SIGTERM (a
+            # second signal would make uvicorn skip its graceful shutdown).
+            start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
+        try:
+            deadline = time.monotonic() + 90
+            while True:
+                if process.poll() is not None:
+                    tail = log_path.read_text(errors="replace")[-3000:]
+                    raise RuntimeError(f"d365ct run exited with {process.returncode}: {tail}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
+                        break
+                if time.monotonic() > deadline:
+                    raise RuntimeError("d365ct run did not answer /healthz within 90 s")
+                time.sleep(0.2)
+            yield Service(process, base_url, log_path)
+        finally:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+
+
+def _show_step(echo: Callable[[str], Any]) -> Callable[[StepResult], None]:
+    def show(result: StepResult) -> None:
+        summary = result.summary
+        keys = ("created", "updated", "unchanged", "failed", "zeroed", "deleted")
+        figures = ", ".join(f"{k} {summary[k]}" for k in keys if summary.get(k))
+        if "reports" in summary:
+            figures = "; ".join(
+                f"{r['legal_entity']}: {r['state']} {r.get('counts', {}).get('actions', '')}"
+                for r in summary["reports"]
+            )
+        echo(f"  {result.name:<22} {result.seconds:>7.1f} s  {figures}")
+
+    return show
+
+
+def _wait_for_interrupt(service: Service) -> None:
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with contextlib.suppress(KeyboardInterrupt):
+        while not stop.wait(1.0):
+            if service.process.poll() is not None:
+                return
+
+
+def run_demo(
+    *,
+    products: int,
+    customers: int,
+    orders: int,
+    d365_port: int = 0,
+    service_port: int = 0,
+    job_seconds: float = 2.0,
+    exit_when_settled: bool = False,
+    echo: Callable[[str], Any] = print,
+) -> int:
+    """`d365ct demo`: the exit code (0: served until Ctrl-C, or settled as seeded)."""
+    from d365ct.store import make_engine
+    from d365ct.storefront import check_storefront, deliver, seed_storefront, wait_settled
+
+    def err(text: str) -> None:
+        print(text, file=sys.stderr)
+
+    try:
+        with running_peers(products, job_seconds, d365_port) as sandbox:
+            echo(f"D365 F&O simulator   {sandbox.d365_url} ({sandbox.seeded_rows:,} rows)")
+            echo(f"commercetools mock   {sandbox.ct_url}/{PROJECT_KEY}")
+            sections = service_sections(
+                service_port or free_port(), schedules=not exit_when_settled
+            )
+            settings = sandbox.settings(**sections)
+            results = asyncio.run(run_flows(settings, _show_step(echo)))
+            problems = expected_outcome(results)
+            with running_service(settings, sandbox.workdir) as service:
+                token = os.environ[SERVICE_TOKEN_ENV]
+                echo(f"service              {service.base_url} (log {service.log_path})")
+                echo(f"dashboard            {service.dashboard}  sign in with token {token}")
+                started = time.monotonic()
+                front = asyncio.run(seed_storefront(settings, customers, orders))
+                accepted = deliver(service.base_url, os.environ[INTAKE_TOKEN_ENV], front.messages)
+                echo(
+                    f"  storefront             {time.monotonic() - started:>5.1f} s  "
+                    f"{len(front.customers)} customers, {len(front.orders)} orders "
+                    f"({len(front.bad)} bad on purpose); {accepted} messages pushed to "
+                    "/intake/commercetools"
+                )
+                for number, why in front.bad.items():
+                    echo(f"    {number}: bad on purpose: {why}")
+                if not exit_when_settled:
+                    echo("Explore: the dashboard, the API and the peers stay up until Ctrl-C.")
+                    _wait_for_interrupt(service)
+                    return 0
+                engine = make_engine(settings.store.url)
+                try:
+                    took = wait_settled(engine, front, SETTLE_SECONDS)
+                    outcome = asyncio.run(check_storefront(settings, engine, front))
+                except TimeoutError as exc:
+                    took, outcome = {}, None
+                    problems.append(str(exc))
+                finally:
+                    engine.dispose()
+            if service.process.returncode != 0:
+                problems.append(f"d365ct run exited with {service.process.returncode} on SIGTERM")
+            if outcome is not None:
+                problems += outcome.problems
+                echo(
+                    f"  {'customers (U4)':<22} {took.get('customer', 0):>7.1f} s  "
+                    f"records {len(front.customers)}, synced {outcome.customers_synced}, "
+                    f"failures {outcome.customer_failures}"
+                )
+                echo(
+                    f"  {'orders (U3)':<22} {took.get('order', 0):>7.1f} s  "
+                    f"records {len(front.orders)}, posted {outcome.orders_posted}, "
+                    f"failures {len(outcome.orders_in_error_queue)} (as seeded)"
+                )
+                for number, error in outcome.orders_in_error_queue.items():
+                    echo(f"    {number} in the error queue: {error}")
+            summary = {r.name: {"seconds": r.seconds, **r.summary} for r in results}
+            if outcome is not None:
+                summary["storefront"] = {"seconds": took, **dataclasses.asdict(outcome)}
+            (sandbox.workdir / "summary.json").write_text(json.dumps(summary, default=str))
+            for problem in problems:
+                err(f"unexpected: {problem}")
+            echo("demo: " + ("settled as seeded" if not problems else "FAILED"))
+            return 1 if problems else 0
+    except RuntimeError as exc:  # a peer or the service that did not start
+        err(f"d365ct demo: {exc}")
+        return 1

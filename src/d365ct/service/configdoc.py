@@ -118,6 +118,7 @@ _SECTION_HELP: Final = {
     "warehouses": "D365 warehouses and the commercetools supply channels they feed.",
     "catalog": "Catalog and price sync (U1).",
     "inventory": "Inventory sync and reconciliation (U2).",
+    "prices": "Price sync (U1): its schedule in `d365ct run` (prices use the catalog client).",
     "intake": "Event intake from commercetools Subscriptions (U3, U4).",
     "service": "The HTTP service of d365ct run: dashboard, JSON API, webhook intake, metrics.",
     "orders": "Order posting to D365 (U3).",

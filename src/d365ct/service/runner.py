@@ -7,11 +7,19 @@ the batch in hand; then DBOS is shut down, waiting up to ``shutdown_timeout`` se
 workflows to finish their current steps. What is still running then is recovered at the next
 start (DBOS resumes it from its last recorded step). The process exits 0 after a graceful stop.
 
+Inbox processor: with commercetools configured (orders and customers clients), a background
+task drains the durable inbox round after round (``d365ct.service.processor``); on shutdown it
+finishes the round in hand (up to ``shutdown_timeout``) before DBOS is shut down.
+
 Scheduler: cron runs of flows are DBOS schedules (``DBOS.apply_schedules``), kept in the DBOS
 system database. DBOS derives each run's workflow id from the schedule name and the tick, so
 with several workers each tick runs once, and a tick missed while every worker was down is not
-replayed (``automatic_backfill`` off: a delta sync catches up by itself). Flows contribute their
-``Schedule``s through ``schedules_for``; schedules this process no longer has are deleted.
+replayed (``automatic_backfill`` off: a delta sync catches up by itself). ``schedules_for``
+builds them from ``[catalog] schedule``, ``[prices] schedule``, ``[inventory] schedule`` and
+``reconcile_schedule``; schedules this process no longer has are deleted. Each flow's ticks run
+through its own queue, one at a time across workers. DBOS enqueues a tick for the *latest*
+registered application version only, and a one-off CLI command launching the engine on the same
+database registers its own; so the service re-asserts its version as the latest while idle.
 """
 
 from __future__ import annotations
@@ -22,11 +30,12 @@ import ipaddress
 import logging
 import signal
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Generator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import import_module
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import uvicorn
 from fastapi import APIRouter
@@ -38,6 +47,7 @@ from d365ct.intake import Inbox, ServiceBusConsumer, SqsConsumer, intake_router
 from d365ct.intake.http import settings_token_provider
 from d365ct.service.app import Background, create_app
 from d365ct.service.logging import configure_logging, redactor_for
+from d365ct.service.processor import InboxProcessor
 from d365ct.service.queries import StepView
 from d365ct.service.replay import ReplayRegistry
 from d365ct.store import make_engine
@@ -49,16 +59,23 @@ __all__ = [
     "Schedule",
     "apply_schedules",
     "check_service_auth",
+    "claim_latest_version",
     "dbos_step_history",
     "run_service",
     "schedules_for",
+    "service_replays",
 ]
 
 log = logging.getLogger("d365ct.service")
 
 # Modules whose @DBOS.workflow functions must be registered before launch, or DBOS cannot
 # recover their interrupted runs. Flows add theirs here.
-WORKFLOW_MODULES: Final = ("d365ct.flows.dmf_jobs",)
+WORKFLOW_MODULES: Final = (
+    "d365ct.flows.dmf_jobs",
+    "d365ct.flows.orders",
+    "d365ct.flows.reconcile",
+    "d365ct.flows.scheduled",
+)
 SCHEDULE_PREFIX: Final = "d365ct-"
 CONSUMER_STOP_SECONDS: Final = 30.0
 _LOOPBACK_NAMES: Final = frozenset({"localhost"})
@@ -73,12 +90,91 @@ class Schedule:
     cron: str
     workflow: Callable[[datetime, Any], Any]
     context: Any = None
+    queue: str | None = None  # a registered DBOS queue the ticks go through (None: DBOS's own)
+
+
+def _valid_cron(key: str, cron: str) -> str:
+    from dbos._croniter import croniter  # type: ignore[attr-defined]
+
+    cron = " ".join(cron.split())
+    if len(cron.split()) not in (5, 6) or not croniter.is_valid(cron, second_at_beginning=True):
+        raise ConfigurationError(
+            f"{key} = {cron!r} is not a cron expression: 5 fields (minute hour day month "
+            'weekday, UTC), or 6 with seconds first; "" turns the schedule off'
+        )
+    return cron
+
+
+def _schedule_gap(settings: Settings, flow: str) -> str | None:
+    """Why `flow` cannot run with these settings (it is then not scheduled), or None."""
+    ct = settings.commercetools
+    if ct is None:
+        return "[commercetools] is not configured"
+    needs = {"catalog": "catalog", "prices": "catalog", "inventory": "inventory"}
+    client = needs.get(flow, "inventory")
+    if client not in ct.clients:
+        return f"commercetools.clients.{client} is not configured"
+    if flow == "prices" and not settings.legal_entities:
+        return "no [[legal_entities]] are configured"
+    if flow in ("inventory", "reconcile") and not settings.warehouses:
+        return "no [[warehouses]] are configured"
+    return None
 
 
 def schedules_for(settings: Settings) -> list[Schedule]:
-    """The schedules of the configured flows. None yet: the catalog, price and inventory flows
-    add their delta syncs and the nightly reconciliation here when they gain cron settings."""
-    return []
+    """The cron schedules of the configured flows: catalog, price and inventory delta syncs and
+    the inventory reconciliation. An empty cron turns one off; a flow whose configuration is
+    missing (no commercetools client, no warehouses) is left out, with a log line saying why.
+    Raises ConfigurationError naming the key of an invalid cron expression."""
+    from d365ct.flows import scheduled
+
+    crons = {
+        "catalog": settings.catalog.schedule,
+        "prices": settings.prices.schedule,
+        "inventory": settings.inventory.schedule,
+        "reconcile": settings.inventory.reconcile_schedule,
+    }
+    workflows = {
+        "catalog": scheduled.scheduled_catalog_sync,
+        "prices": scheduled.scheduled_price_sync,
+        "inventory": scheduled.scheduled_inventory_sync,
+        "reconcile": scheduled.scheduled_inventory_reconciliation,
+    }
+    out = []
+    for flow, key in scheduled.FLOWS.items():
+        if not crons[flow].strip():
+            continue
+        cron = _valid_cron(key, crons[flow])
+        gap = _schedule_gap(settings, flow)
+        if gap is not None:
+            log.info("%s is not scheduled: %s", flow, gap, extra={"flow": flow, "key": key})
+            continue
+        out.append(
+            Schedule(flow, cron, workflows[flow], {"flow": flow}, scheduled.queue_name(flow))
+        )
+    return out
+
+
+def register_schedule_queues(schedules: Sequence[Schedule]) -> None:
+    """Declare the schedules' queues (after launch): one run at a time per flow, all workers."""
+    from dbos import DBOS
+
+    for queue in sorted({s.queue for s in schedules if s.queue is not None}):
+        DBOS.register_queue(queue, global_concurrency=1, on_conflict="always_update")
+
+
+def claim_latest_version() -> bool:
+    """Make this process's application version the latest, so that DBOS enqueues schedule ticks
+    for it (it enqueues for the latest version only, which a one-off CLI command launching the
+    engine on the same database may have registered since). True when it had to."""
+    from dbos import DBOS
+
+    mine = DBOS.application_version
+    if DBOS.get_latest_application_version()["version_name"] == mine:
+        return False
+    DBOS.set_latest_application_version(mine)
+    log.info("this worker's application version is now the latest", extra={"version": mine})
+    return True
 
 
 def apply_schedules(schedules: Sequence[Schedule]) -> None:
@@ -94,6 +190,7 @@ def apply_schedules(schedules: Sequence[Schedule]) -> None:
                     "workflow_fn": s.workflow,
                     "schedule": s.cron,
                     "context": s.context,
+                    "queue_name": s.queue,
                 }
                 for s in schedules
             ]
@@ -214,6 +311,63 @@ class _Server(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
+def _commerce_flows(settings: Settings, engine: Any) -> Any:
+    """The U3/U4 flows the inbox processor runs, or None (with a log line) when the settings
+    cannot process orders and customers: intake then only stores messages."""
+    ct = settings.commercetools
+    missing = (
+        "[commercetools]"
+        if ct is None
+        else ", ".join(
+            f"commercetools.clients.{c}" for c in ("orders", "customers") if c not in ct.clients
+        )
+    )
+    if missing:
+        log.warning(
+            "orders and customers are not processed (%s not configured): the intake stores "
+            "messages for a later `d365ct orders process`",
+            missing,
+        )
+        return None
+    from d365ct.flows.orders import commerce_flows
+
+    return commerce_flows(settings, engine)
+
+
+def service_replays(settings: Settings, *, commerce: bool) -> ReplayRegistry:
+    """The dashboard's and JSON API's replay handlers: those of `d365ct errors replay`
+    (d365ct.flows.replay), for the flows this service can run (orders and customers only with
+    their commercetools clients, whose DBOS instances exist before launch)."""
+    from d365ct.flows.replay import REPLAYERS, ReplayHandler
+
+    registry = ReplayRegistry()
+
+    def adapt(handler: ReplayHandler) -> Callable[[Any], Any]:
+        async def replay(entry: Any) -> tuple[Literal["replayed", "failed"], str]:
+            ok, detail = await handler(settings, entry)
+            return ("replayed" if ok else "failed"), detail
+
+        return replay
+
+    for flow, handler in REPLAYERS.items():
+        if flow in ("orders", "customers") and not commerce:
+            continue
+        registry.register(flow, adapt(handler))
+    return registry
+
+
+_VERSION_CHECK_SECONDS: Final = 60.0
+_last_version_check = [0.0]
+
+
+async def _keep_latest_version() -> None:
+    now = time.monotonic()
+    if now - _last_version_check[0] < _VERSION_CHECK_SECONDS:
+        return
+    _last_version_check[0] = now
+    await asyncio.to_thread(claim_latest_version)
+
+
 def run_service(
     settings: Settings,
     *,
@@ -228,28 +382,50 @@ def run_service(
     configure_logging(redactor, level=log_level.upper())
     for module in WORKFLOW_MODULES:
         import_module(module)
+    schedules = schedules_for(settings)  # validates the cron keys before anything starts
+    engine = make_engine(settings.store.url)
+    flows = _commerce_flows(settings, engine)  # before launch: DBOS recovers their batches
+    if settings.commercetools is not None:
+        from d365ct.flows import scheduled
+
+        scheduled.configure(settings, engine)
 
     launch_engine(
         settings.store.url,
         import_concurrency=settings.d365.import_concurrency_per_legal_entity,
     )
-    engine = make_engine(settings.store.url)
     inbox: Inbox | None = None
     try:
-        apply_schedules(schedules_for(settings))
+        register_schedule_queues(schedules)
+        apply_schedules(schedules)
+        if schedules:
+            claim_latest_version()
+        log.info(
+            "schedules applied",
+            extra={"schedules": {s.name: s.cron for s in schedules}},
+        )
         inbox = Inbox(
             engine,
             handled_types={"OrderCreated", "OrderImported", *settings.intake.customer_update_types},
             error_queue=ErrorQueue(engine),
         )
         routers, background = _intake(settings, inbox)
+        if flows is not None:
+            processor = InboxProcessor(
+                flows,
+                inbox,
+                stop_timeout=shutdown_timeout,
+                on_idle=_keep_latest_version if schedules else None,
+            )
+            background = [*background, processor.running]
         app = create_app(
             settings,
             store_engine=engine,
             extra_routers=routers,
             auth_disabled=insecure_no_auth,
             redactor=redactor,
-            replay_registry=replay_registry,
+            replay_registry=replay_registry
+            or service_replays(settings, commerce=flows is not None),
             step_history=dbos_step_history,
             inbox_stats=inbox.stats,
             background=background,

@@ -1,0 +1,152 @@
+"""The cron runs of `d365ct run`: catalog, price and inventory delta syncs and the nightly inventory
+reconciliation, each a registered DBOS workflow that DBOS's scheduler starts (one run per tick).
+
+The runner points them at its settings with ``configure`` before the engine launches; the
+schedules themselves (names, cron, queues) are built by ``d365ct.service.runner.schedules_for``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+
+import sqlalchemy as sa
+from dbos import DBOS
+
+from d365ct.config import Settings
+from d365ct.errors import ConfigurationError
+from d365ct.flows.dmf_jobs import PackageJobs
+
+__all__ = [
+    "FLOWS",
+    "configure",
+    "configured",
+    "queue_name",
+    "scheduled_catalog_sync",
+    "scheduled_inventory_reconciliation",
+    "scheduled_inventory_sync",
+    "scheduled_price_sync",
+]
+
+log = logging.getLogger("d365ct.scheduled")
+
+# Schedule name → (the settings key that holds its cron, for messages)
+FLOWS: Final = {
+    "catalog": "catalog.schedule",
+    "prices": "prices.schedule",
+    "inventory": "inventory.schedule",
+    "reconcile": "inventory.reconcile_schedule",
+}
+
+
+def queue_name(flow: str) -> str:
+    """Each flow's ticks go through its own queue, one run at a time across all workers: a
+    sync slower than its interval is followed by the next tick, never overlapped by it."""
+    return f"d365ct-scheduled-{flow}"
+
+
+@dataclass
+class _Wiring:
+    settings: Settings
+    engine: sa.Engine
+    reconcile_jobs: PackageJobs
+
+
+_WIRING: dict[str, _Wiring] = {}
+
+
+def configure(settings: Settings, engine: sa.Engine) -> None:
+    """Point the scheduled flows at `settings` and the store `engine`. Call before launch_engine:
+    it registers the PackageJobs instance reconciliation exports through, so that DBOS can recover
+    an export that a crash interrupted."""
+    from d365ct.flows.reconcile import package_jobs
+
+    _WIRING["service"] = _Wiring(settings, engine, package_jobs(settings))
+
+
+def configured() -> _Wiring:
+    wiring = _WIRING.get("service")
+    if wiring is None:
+        raise ConfigurationError(
+            "a scheduled flow ran in a process that did not configure the scheduled flows "
+            "(d365ct.flows.scheduled.configure before launch)"
+        )
+    return wiring
+
+
+def _done(flow: str, scheduled_at: datetime, summary: dict[str, Any]) -> dict[str, Any]:
+    log.info(
+        "scheduled %s run finished",
+        flow,
+        extra={"flow": flow, "scheduled_at": scheduled_at.isoformat(), "summary": summary},
+    )
+    return summary
+
+
+# Each sync is one step: re-running a sync is its recovery (hashes are stored after writes,
+# updates are version-guarded), so a run a crash interrupted is simply run again.
+
+
+@DBOS.step(name="d365ct.scheduled.catalog_sync")
+async def _catalog_sync() -> dict[str, Any]:
+    from d365ct.flows.catalog import sync_catalog
+
+    wiring = configured()
+    summary = (await sync_catalog(wiring.settings, wiring.engine)).as_dict()
+    summary.pop("plan", None)
+    return summary
+
+
+@DBOS.step(name="d365ct.scheduled.price_sync")
+async def _price_sync() -> dict[str, Any]:
+    from d365ct.flows.prices import sync_prices
+
+    wiring = configured()
+    summary = (await sync_prices(wiring.settings, wiring.engine)).as_dict()
+    summary.pop("plan", None)
+    return summary
+
+
+@DBOS.step(name="d365ct.scheduled.inventory_sync")
+async def _inventory_sync() -> dict[str, Any]:
+    from d365ct.flows.inventory import sync_inventory
+
+    wiring = configured()
+    summary = (await sync_inventory(wiring.settings, wiring.engine)).as_dict()
+    summary.pop("planned", None)
+    return summary
+
+
+@DBOS.workflow(name="d365ct.scheduled.catalog")
+async def scheduled_catalog_sync(scheduled_at: datetime, context: Any) -> dict[str, Any]:
+    """The catalog delta sync (U1), on `catalog.schedule`."""
+    return _done("catalog", scheduled_at, await _catalog_sync())
+
+
+@DBOS.workflow(name="d365ct.scheduled.prices")
+async def scheduled_price_sync(scheduled_at: datetime, context: Any) -> dict[str, Any]:
+    """The price delta sync (U1), on `prices.schedule`."""
+    return _done("prices", scheduled_at, await _price_sync())
+
+
+@DBOS.workflow(name="d365ct.scheduled.inventory")
+async def scheduled_inventory_sync(scheduled_at: datetime, context: Any) -> dict[str, Any]:
+    """The inventory delta sync (U2), on `inventory.schedule`."""
+    return _done("inventory", scheduled_at, await _inventory_sync())
+
+
+@DBOS.workflow(name="d365ct.scheduled.reconcile")
+async def scheduled_inventory_reconciliation(
+    scheduled_at: datetime, context: Any
+) -> dict[str, Any]:
+    """The inventory reconciliation (C14), on `inventory.reconcile_schedule`.
+
+    Not one step: each legal entity's on-hand export is its own durable workflow (a child of
+    this one), so DBOS resumes a long export instead of starting it over."""
+    from d365ct.flows.reconcile import reconcile_inventory
+
+    wiring = configured()
+    results = await reconcile_inventory(wiring.settings, wiring.engine, wiring.reconcile_jobs)
+    return _done("reconcile", scheduled_at, {"reports": [r.as_dict() for r in results]})

@@ -1,0 +1,94 @@
+"""The service's inbox processor: rounds until stopped, the round in hand finished on stop (or
+cancelled after the stop timeout), failed rounds retried. process_inbox itself is tested with
+the real peers in tests/flows/test_orders.py and through the service in test_service_e2e.py."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from d365ct.flows import orders
+from d365ct.flows.orders import ProcessSummary
+from d365ct.service import processor as processor_module
+from d365ct.service.processor import InboxProcessor
+
+
+class FakeRounds:
+    def __init__(self, seconds: float, busy_rounds: int = 1, fail_first: bool = False) -> None:
+        self.seconds = seconds
+        self.busy_rounds = busy_rounds
+        self.fail_first = fail_first
+        self.calls: list[dict[str, Any]] = []
+        self.finished = 0
+
+    async def __call__(self, flows: Any, inbox: Any, **options: Any) -> ProcessSummary:
+        self.calls.append(options)
+        if self.fail_first and len(self.calls) == 1:
+            raise RuntimeError("store unreachable")
+        await asyncio.sleep(self.seconds)
+        self.finished += 1
+        return ProcessSummary(rounds=1 if self.finished <= self.busy_rounds else 0)
+
+
+@pytest.fixture
+def quiet_clients(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def close() -> None:
+        return None
+
+    monkeypatch.setattr(orders, "close_clients", close)
+
+
+async def test_stop_finishes_the_round_in_hand(
+    monkeypatch: pytest.MonkeyPatch, quiet_clients: None
+) -> None:
+    rounds = FakeRounds(seconds=0.3)
+    monkeypatch.setattr(orders, "process_inbox", rounds)
+    proc = InboxProcessor(object(), object(), worker="w1", stop_timeout=5)  # type: ignore[arg-type]
+    async with proc.running():
+        await asyncio.sleep(0.1)  # the first round is in hand
+    assert rounds.finished == 1 and proc.stats.rounds == 1
+    assert rounds.calls[0] == {"worker_id": "w1", "wait": True, "max_rounds": 1}
+
+
+async def test_idle_rounds_poll_and_call_the_idle_hook(
+    monkeypatch: pytest.MonkeyPatch, quiet_clients: None
+) -> None:
+    rounds = FakeRounds(seconds=0.0, busy_rounds=0)
+    monkeypatch.setattr(orders, "process_inbox", rounds)
+    idle: list[int] = []
+
+    async def on_idle() -> None:
+        idle.append(1)
+
+    proc = InboxProcessor(object(), object(), idle_seconds=0.05, on_idle=on_idle)  # type: ignore[arg-type]
+    async with proc.running():
+        await asyncio.sleep(0.3)
+    assert len(rounds.calls) >= 3 and len(idle) >= 3 and proc.stats.rounds == 0
+
+
+async def test_a_round_longer_than_the_stop_timeout_is_cancelled(
+    monkeypatch: pytest.MonkeyPatch, quiet_clients: None
+) -> None:
+    rounds = FakeRounds(seconds=30)
+    monkeypatch.setattr(orders, "process_inbox", rounds)
+    proc = InboxProcessor(object(), object(), stop_timeout=0.2)  # type: ignore[arg-type]
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    async with proc.running():
+        await asyncio.sleep(0.05)
+    assert loop.time() - started < 2 and rounds.finished == 0
+
+
+async def test_a_failed_round_is_retried(
+    monkeypatch: pytest.MonkeyPatch, quiet_clients: None
+) -> None:
+    monkeypatch.setattr(processor_module, "ERROR_BACKOFF_SECONDS", 0.05)
+    rounds = FakeRounds(seconds=0.0, fail_first=True)
+    monkeypatch.setattr(orders, "process_inbox", rounds)
+    proc = InboxProcessor(object(), object(), idle_seconds=0.05)  # type: ignore[arg-type]
+    async with proc.running():
+        await asyncio.sleep(0.3)
+    assert proc.stats.failed_rounds == 1 and "store unreachable" in str(proc.stats.last_error)
+    assert proc.stats.rounds == 1
