@@ -20,7 +20,7 @@ STORE_URL, LOG_FILE, MODE, WORKFLOW = sys.argv[1:5]
 # Only the first run blocks in step 2; the recovering run lets the re-executed step finish.
 BLOCK = "--block" in sys.argv[5:]
 WORKFLOW_ID = f"engine-worker-{WORKFLOW}"
-NAP_SECONDS = 3.0
+NAP_SECONDS = 8.0  # long beside start-up (which imports every workflow module) and the kill delay
 
 
 def log(event: str) -> None:

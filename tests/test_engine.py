@@ -365,7 +365,7 @@ def test_killed_workflow_resumes_after_its_last_completed_step(
 
 def test_durable_sleep_keeps_its_deadline_across_kill(store_url: str, tmp_path: Path) -> None:
     url, log = store_url, tmp_path / "events.log"
-    nap_seconds = 3.0  # as in engine_worker.py
+    nap_seconds = 8.0  # as in engine_worker.py
     _kill_when(_run_worker(url, log, "start", "nap"), log, "nap-start", delay=1.5)
 
     respawned = time.time()

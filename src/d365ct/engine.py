@@ -6,6 +6,7 @@ Launch it once per process with ``launch_engine``; D365 imports go through ``enq
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
+from importlib import import_module
 from typing import Any, Final, TypeVar
 
 import sqlalchemy as sa
@@ -24,6 +25,7 @@ from d365ct.store import migrate, normalise_url
 __all__ = [
     "IMPORT_QUEUE",
     "IMPORT_QUEUE_NAME",
+    "WORKFLOW_MODULES",
     "dbos_system_url",
     "enqueue_import",
     "enqueue_import_async",
@@ -54,6 +56,18 @@ def dbos_system_url(store_url: str | sa.URL) -> str:
         raise ValueError("DBOS needs a SQLite file, not an in-memory database: sqlite:///path")
     # render_as_string, not str(): str() masks the password as ***.
     return url.render_as_string(hide_password=False)
+
+
+# Modules whose @DBOS.workflow functions every process registers before launch: DBOS recovers
+# only workflows it knows, and derives the application version from the registered workflows'
+# source, so a one-off CLI command and the service must register the same set to share a
+# version (DBOS hands schedule ticks and recovery to the latest version only). Flows add theirs.
+WORKFLOW_MODULES: Final = (
+    "d365ct.flows.dmf_jobs",
+    "d365ct.flows.orders",
+    "d365ct.flows.reconcile",
+    "d365ct.flows.scheduled",
+)
 
 
 def launch_engine(
@@ -87,6 +101,8 @@ def launch_engine(
     if import_concurrency < 1:
         raise ValueError(f"import_concurrency must be at least 1, got {import_concurrency}")
     system_url = dbos_system_url(store_url)
+    for module in WORKFLOW_MODULES:
+        import_module(module)
     shutdown_engine()
     # Our tables before DBOS: workflows recovered at launch may touch the store at once.
     migrate(store_url)

@@ -35,13 +35,13 @@ from collections.abc import AsyncIterator, Callable, Generator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import import_module
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import uvicorn
 from fastapi import APIRouter
 
 from d365ct.config import Settings
-from d365ct.engine import launch_engine, shutdown_engine
+from d365ct.engine import WORKFLOW_MODULES, launch_engine, shutdown_engine
 from d365ct.errors import ConfigurationError, D365ctError
 from d365ct.intake import Inbox, ServiceBusConsumer, SqsConsumer, intake_router
 from d365ct.intake.http import settings_token_provider
@@ -49,7 +49,7 @@ from d365ct.service.app import Background, create_app
 from d365ct.service.logging import configure_logging, redactor_for
 from d365ct.service.processor import InboxProcessor
 from d365ct.service.queries import StepView
-from d365ct.service.replay import ReplayRegistry
+from d365ct.service.replay import ReplayRegistry, flow_registry
 from d365ct.store import make_engine
 from d365ct.store.error_queue import ErrorQueue
 
@@ -68,14 +68,6 @@ __all__ = [
 
 log = logging.getLogger("d365ct.service")
 
-# Modules whose @DBOS.workflow functions must be registered before launch, or DBOS cannot
-# recover their interrupted runs. Flows add theirs here.
-WORKFLOW_MODULES: Final = (
-    "d365ct.flows.dmf_jobs",
-    "d365ct.flows.orders",
-    "d365ct.flows.reconcile",
-    "d365ct.flows.scheduled",
-)
 SCHEDULE_PREFIX: Final = "d365ct-"
 CONSUMER_STOP_SECONDS: Final = 30.0
 _LOOPBACK_NAMES: Final = frozenset({"localhost"})
@@ -338,22 +330,10 @@ def service_replays(settings: Settings, *, commerce: bool) -> ReplayRegistry:
     """The dashboard's and JSON API's replay handlers: those of `d365ct errors replay`
     (d365ct.flows.replay), for the flows this service can run (orders and customers only with
     their commercetools clients, whose DBOS instances exist before launch)."""
-    from d365ct.flows.replay import REPLAYERS, ReplayHandler
+    from d365ct.flows.replay import REPLAYERS
 
-    registry = ReplayRegistry()
-
-    def adapt(handler: ReplayHandler) -> Callable[[Any], Any]:
-        async def replay(entry: Any) -> tuple[Literal["replayed", "failed"], str]:
-            ok, detail = await handler(settings, entry)
-            return ("replayed" if ok else "failed"), detail
-
-        return replay
-
-    for flow, handler in REPLAYERS.items():
-        if flow in ("orders", "customers") and not commerce:
-            continue
-        registry.register(flow, adapt(handler))
-    return registry
+    runnable = [f for f in REPLAYERS if commerce or f not in ("orders", "customers")]
+    return flow_registry(settings, runnable)
 
 
 _VERSION_CHECK_SECONDS: Final = 60.0
