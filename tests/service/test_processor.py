@@ -8,9 +8,12 @@ import asyncio
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from d365ct.flows import orders
+from d365ct.flows.customers import MessageResult
 from d365ct.flows.orders import ProcessSummary
+from d365ct.service import metrics
 from d365ct.service import processor as processor_module
 from d365ct.service.processor import InboxProcessor
 
@@ -92,3 +95,42 @@ async def test_a_failed_round_is_retried(
         await asyncio.sleep(0.3)
     assert proc.stats.failed_rounds == 1 and "store unreachable" in str(proc.stats.last_error)
     assert proc.stats.rounds == 1
+
+
+def test_a_round_feeds_the_flow_metrics() -> None:
+    def sample(name: str, flow: str) -> float:
+        return _flow_registry().get_sample_value(name, {"flow": flow}) or 0.0
+
+    def result(status: str) -> MessageResult:
+        return MessageResult(
+            message_id="m", type="OrderCreated", resource_id="o", outcome="", status=status
+        )
+
+    before = {
+        (name, flow): sample(name, flow)
+        for name in ("d365ct_flow_records_total", "d365ct_flow_failures_total")
+        for flow in ("orders", "customers")
+    }
+    summary = ProcessSummary(
+        rounds=1,
+        customers=[result("done")],
+        orders=[result("done"), result("failed"), result("done")],
+        seconds=0.25,
+    )
+    processor_module._record_round(summary)
+
+    def delta(name: str, flow: str) -> float:
+        return sample(name, flow) - before[(name, flow)]
+
+    assert delta("d365ct_flow_records_total", "orders") == 3
+    assert delta("d365ct_flow_failures_total", "orders") == 1
+    assert delta("d365ct_flow_records_total", "customers") == 1
+    assert delta("d365ct_flow_failures_total", "customers") == 0
+
+
+def _flow_registry() -> CollectorRegistry:
+    """The process's flow counters, readable by name (they belong to no global registry)."""
+    registry = CollectorRegistry()
+    registry.register(metrics.FLOW_RECORDS)
+    registry.register(metrics.FLOW_FAILURES)
+    return registry

@@ -11,12 +11,14 @@ from typing import Any
 
 import pytest
 from dbos import DBOS
+from prometheus_client import CollectorRegistry
 
 from d365ct.config import Settings
 from d365ct.engine import launch_engine, shutdown_engine
 from d365ct.errors import ConfigurationError
 from d365ct.flows import scheduled
 from d365ct.flows.setup import run_setup
+from d365ct.service import metrics
 from d365ct.service.runner import (
     SCHEDULE_PREFIX,
     apply_schedules,
@@ -89,6 +91,8 @@ async def test_a_seconds_schedule_runs_the_inventory_sync(
         claim_latest_version()
         return [s["schedule_name"] for s in DBOS.list_schedules()]
 
+    records_before = _sample("d365ct_flow_records_total", flow="inventory")
+    failures_before = _sample("d365ct_flow_failures_total", flow="inventory")
     try:
         assert await asyncio.to_thread(start) == [f"{SCHEDULE_PREFIX}inventory"]
         deadline = time.monotonic() + 45
@@ -104,6 +108,13 @@ async def test_a_seconds_schedule_runs_the_inventory_sync(
             ct = ct_mock.client(http, "inventory")
             page = await ct.request("GET", "inventory", params={"limit": "1"})
         assert page["total"] >= output["created"]
+        # The run fed /metrics: its rows and failures per flow (other runs may have added more).
+        assert _sample("d365ct_flow_records_total", flow="inventory") >= (
+            records_before + output["rows"]
+        )
+        assert _sample("d365ct_flow_failures_total", flow="inventory") >= (
+            failures_before + output["failed"]
+        )
 
         # A schedule no longer configured is deleted.
         quiet = settings.model_copy(
@@ -114,3 +125,15 @@ async def test_a_seconds_schedule_runs_the_inventory_sync(
     finally:
         await asyncio.to_thread(shutdown_engine, workflow_completion_timeout_sec=5)
         engine.dispose()
+
+
+def _sample(name: str, **labels: str) -> float:
+    return _flow_registry().get_sample_value(name, labels) or 0.0
+
+
+def _flow_registry() -> CollectorRegistry:
+    """The process's flow counters, readable by name (they belong to no global registry)."""
+    registry = CollectorRegistry()
+    registry.register(metrics.FLOW_RECORDS)
+    registry.register(metrics.FLOW_FAILURES)
+    return registry

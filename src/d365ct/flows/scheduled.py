@@ -18,6 +18,7 @@ from dbos import DBOS
 from d365ct.config import Settings
 from d365ct.errors import ConfigurationError
 from d365ct.flows.dmf_jobs import PackageJobs
+from d365ct.service import metrics
 
 __all__ = [
     "FLOWS",
@@ -77,12 +78,32 @@ def configured() -> _Wiring:
 
 
 def _done(flow: str, scheduled_at: datetime, summary: dict[str, Any]) -> dict[str, Any]:
+    _record_run(flow, summary)
     log.info(
         "scheduled %s run finished",
         flow,
         extra={"flow": flow, "scheduled_at": scheduled_at.isoformat(), "summary": summary},
     )
     return summary
+
+
+def _record_run(flow: str, summary: dict[str, Any]) -> None:
+    """Feed /metrics: the run's records (D365 rows or desired resources) and failures, and its
+    duration. A run that recovery replays is counted again; the figures are rates, not ledgers."""
+    reports = summary.get("reports")
+    if reports is not None:  # the reconciliation: one report per legal entity
+        counts = [r.get("counts") or {} for r in reports]
+        checked = sum(int(c.get("rows") or 0) for c in counts)
+        failed = sum(1 for r in reports if r.get("state") == "failed")
+        for c in counts:
+            metrics.observe_step(flow, "reconcile", float(c.get("seconds") or 0.0))
+    else:
+        checked = int(summary.get("rows") or summary.get("records") or 0)
+        failed = int(summary.get("failed") or 0)
+        metrics.observe_step(flow, "sync", float(summary.get("seconds") or 0.0))
+    metrics.record_records(flow, checked)
+    if failed:
+        metrics.record_failures(flow, failed)
 
 
 # Each sync is one step: re-running a sync is its recovery (hashes are stored after writes,

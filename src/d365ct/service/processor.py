@@ -18,9 +18,13 @@ import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from d365ct.intake import Inbox
+from d365ct.service import metrics
+
+if TYPE_CHECKING:
+    from d365ct.flows.orders import ProcessSummary
 
 __all__ = ["IDLE_POLL_SECONDS", "InboxProcessor", "ProcessorStats", "worker_id"]
 
@@ -109,6 +113,7 @@ class InboxProcessor:
             self.stats.order_messages += len(summary.orders)
             self.stats.orders_posted += int(counts["orders_posted"])
             self.stats.orders_failed += int(counts["orders_failed"])
+            _record_round(summary)
             log.info("inbox round processed", extra={"worker": self.worker, **counts})
         return busy
 
@@ -168,3 +173,14 @@ class InboxProcessor:
                     await task
             except Exception:
                 log.exception("the inbox processor ended with an error")
+
+
+def _record_round(summary: ProcessSummary) -> None:
+    """Feed /metrics: records and failures per flow, and how long the round took."""
+    for flow, results in (("customers", summary.customers), ("orders", summary.orders)):
+        if results:
+            metrics.record_records(flow, len(results))
+            failed = sum(1 for result in results if result.status == "failed")
+            if failed:
+                metrics.record_failures(flow, failed)
+    metrics.observe_step("orders", "inbox-round", summary.seconds)
