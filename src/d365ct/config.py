@@ -114,6 +114,23 @@ class CommercetoolsClientSettings(_Section):
 
 CONCERNS = ("catalog", "inventory", "orders", "customers")
 
+# The least privilege each concern's API client needs (C2), by the HTTP API's endpoint scopes;
+# each takes a ":<project key>" suffix. catalog: products, product types and channels
+# (manage_products), standalone prices, and customer groups, which `setup` and the price sync
+# look up and create when a price agreement names one. inventory: inventory entries and the
+# supply channels they point at, both secured by manage_products.
+CLIENT_SCOPES: dict[str, tuple[str, ...]] = {
+    "catalog": ("manage_products", "manage_standalone_prices", "manage_customer_groups"),
+    "inventory": ("manage_products",),
+    "orders": ("manage_orders",),
+    "customers": ("manage_customers",),
+}
+
+
+def client_scopes(concern: str, project_key: str) -> list[str]:
+    """The least-privilege scopes of one concern's API client for a project."""
+    return [f"{scope}:{project_key}" for scope in CLIENT_SCOPES[concern]]
+
 
 class CommercetoolsSettings(_Section):
     project_key: str

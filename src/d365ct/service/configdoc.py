@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from d365ct import config as config_module
-from d365ct.config import CONCERNS, ENV_PREFIX, SecretRef, Settings
+from d365ct.config import CONCERNS, ENV_PREFIX, SecretRef, Settings, client_scopes
 
 __all__ = ["EXAMPLES", "EXTRA_HELP", "FieldDoc", "example_toml", "field_docs", "markdown"]
 
@@ -56,12 +56,7 @@ EXAMPLES: Final[dict[str, Any]] = {
 # Keys written active (not commented out) although they have a default: secure by default means
 # an example that configures its tokens.
 ACTIVE: Final = frozenset({"d365.tenant_id", "d365.client_secret", "intake.token", "service.token"})
-_SCOPES: Final = {
-    "catalog": ["manage_products:acme", "manage_standalone_prices:acme"],
-    "inventory": ["manage_inventory:acme", "view_channels:acme"],
-    "orders": ["manage_orders:acme"],
-    "customers": ["manage_customers:acme"],
-}
+_SCOPES: Final = {concern: client_scopes(concern, "acme") for concern in CONCERNS}
 # Help beside the source comments (which come first): for keys that have none, or whose comment
 # is a group heading. A test checks every key is documented and no entry here is stale.
 EXTRA_HELP: Final[dict[str, str]] = {
