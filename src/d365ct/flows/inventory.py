@@ -350,6 +350,8 @@ class _Sync:
         self.quantity_field = settings.inventory.quantity_field
         self.channel_ids: dict[str, str] = {}
         self.channel_problems: dict[str, str] = {}
+        # Channels with a row that names no item: it could be any entry's, so none is zeroed.
+        self.held_channels: set[str] = set()
 
     # -- failures ----------------------------------------------------------------------------
 
@@ -435,6 +437,8 @@ class _Sync:
             channel = self.warehouses.channel(legal_entity, mapped.warehouse)
             if channel is not None and mapped.sku:
                 failed_keys.add(state_key(mapped.sku, channel))  # do not zero it either
+            elif channel is not None:
+                self.held_channels.add(channel)
             # the row as read ($select leaves out dataAreaId), without OData annotations
             payload = {"dataAreaId": legal_entity}
             payload.update((k, v) for k, v in row.items() if not k.startswith("@"))
@@ -509,7 +513,7 @@ class _Sync:
         """Entries this flow wrote whose D365 row is gone: nothing left to sell, so 0."""
         ops: list[_Op] = []
         for channel in self.warehouses.channels(legal_entity):
-            if channel not in self.channel_ids:
+            if channel not in self.channel_ids or channel in self.held_channels:
                 continue
             for sku, state in self.state.for_channel(channel):
                 if (sku, channel) in totals or state_key(sku, channel) in failed_keys:
