@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from d365ct.config import InventorySettings
+from d365ct.config import InventoryMappingSettings, InventorySettings
 from d365ct.d365.entities import CUSTOMERS_V3, INVENTORY_ON_HAND_V2, EntityDefinition
 from d365ct.d365.packages import PackageFormatError, PackageWriter, open_package
 from d365ct.engine import launch_engine, shutdown_engine
@@ -23,6 +23,7 @@ from d365ct.flows.reconcile import (
     package_jobs,
     reconcile_inventory,
 )
+from d365ct.mapping.examples import SAFETY_STOCK
 from d365ct.runtime import adapters
 from d365ct.store import JobStore
 from d365ct.store.reports import ReportStore
@@ -330,3 +331,38 @@ def test_the_configured_entity_set_chooses_the_package_entity(tmp_path: Path) ->
     path = _package(tmp_path / "wrong", SEED_ON_HAND)
     with open_package(path) as package, pytest.raises(PackageFormatError, match="no entity"):
         on_hand_entity(package, "WarehousesOnHandV2", "AvailableOnHandQuantity")
+
+
+async def test_the_inventory_hook_shapes_what_sync_and_reconciliation_write(
+    env: InventoryEnv, jobs: PackageJobs
+) -> None:
+    inventory = env.settings.inventory.model_copy(
+        update={
+            "mapping": InventoryMappingSettings(
+                hook="d365ct.mapping.examples:hold_back_safety_stock"
+            )
+        }
+    )
+    env.settings = env.settings.model_copy(update={"inventory": inventory})
+    summary = await env.sync(legal_entity="usmf")
+    held_back = {
+        key: max(0, quantity - SAFETY_STOCK)
+        for key, quantity in env.expected().items()
+        if key[1].startswith("usmf")
+    }
+    assert summary.failed == len([e for e in env.errors() if e.step == "map"])  # unmapped only
+    assert env.quantities() == held_back
+    assert any(q > 0 for q in held_back.values()) and any(q == 0 for q in held_back.values())
+
+    # reconciliation applies the same hook, so it finds nothing to correct …
+    env.ct.responses.clear()
+    [result] = await reconcile(env, jobs, legal_entity="usmf")
+    assert result.counts["actions"]["corrected"] == 0 and env.posts() == []
+    assert result.counts["actions"]["unchanged"] == len(held_back)
+
+    # … and corrects drift to the hooked quantity, not to D365's raw one
+    key = next(k for k, q in held_back.items() if q > 0)
+    env.tamper(*key, quantity=held_back[key] + SAFETY_STOCK)
+    [result] = await reconcile(env, jobs, legal_entity="usmf")
+    assert result.counts["actions"]["corrected"] == 1
+    assert env.quantities()[key] == held_back[key]

@@ -24,11 +24,13 @@ from d365ct.commercetools import (
 )
 from d365ct.config import Settings
 from d365ct.errors import ConfigurationError, CredentialError, D365ctError
+from d365ct.hooks import INVENTORY_HOOK_KEY, load_hook
 from d365ct.mapping.inventory import (
     OnHandError,
     StockTotal,
     StockTotals,
     WarehouseMap,
+    apply_inventory_hook,
     inventory_draft,
     map_on_hand,
     on_hand_fields,
@@ -48,6 +50,7 @@ __all__ = [
     "ProgressCallback",
     "RecordFailure",
     "channel_predicate",
+    "entry_draft",
     "legal_entities_to_run",
     "resolve_channels",
     "set_quantity",
@@ -348,6 +351,7 @@ class _Sync:
         self.progress = progress
         self.run_id = run_id
         self.quantity_field = settings.inventory.quantity_field
+        self.hook = load_hook(settings.inventory.mapping.hook, INVENTORY_HOOK_KEY)
         self.channel_ids: dict[str, str] = {}
         self.channel_problems: dict[str, str] = {}
         # Channels with a row that names no item: it could be any entry's, so none is zeroed.
@@ -391,6 +395,19 @@ class _Sync:
 
     async def legal_entity(self, legal_entity: str) -> None:
         totals, failed_keys = await self.read(legal_entity)
+        if self.hook is not None:
+            failed = apply_inventory_hook(
+                totals,
+                self.channel_ids,
+                self.hook,
+                hook_name=str(self.settings.inventory.mapping.hook),
+                legal_entity=legal_entity,
+                quantity_field=self.quantity_field,
+            )
+            for total, reason in failed:
+                failed_keys.add(state_key(total.sku, total.channel))  # not zeroed either
+                payload = total.payload(self.quantity_field)
+                self.fail(total.business_key, "map", reason, payload, legal_entity, total.channel)
         self.summary.entries += len(totals)
         batch: list[StockTotal] = []
         for total in totals:
@@ -596,8 +613,18 @@ class _Sync:
             return None, exc
 
     async def create(self, op: _Op) -> Resource:
-        draft = inventory_draft(op.sku, op.channel, self.channel_ids[op.channel], op.quantity)
-        return await self.ct.create("inventory", draft)
+        return await self.ct.create(
+            "inventory", entry_draft(op.total, op.sku, op.channel, self.channel_ids, op.quantity)
+        )
+
+
+def entry_draft(
+    total: StockTotal | None, sku: str, channel: str, channel_ids: Mapping[str, str], quantity: int
+) -> dict[str, Any]:
+    """The InventoryEntryDraft a create sends: the hook's, or the default one."""
+    if total is not None and total.draft is not None:
+        return {**total.draft, "quantityOnStock": quantity}
+    return inventory_draft(sku, channel, channel_ids[channel], quantity)
 
 
 async def sync_inventory(

@@ -29,11 +29,13 @@ from d365ct.flows.inventory import (
     EntryState,
     InventoryState,
     channel_predicate,
+    entry_draft,
     legal_entities_to_run,
     resolve_channels,
     set_quantity,
     state_of,
 )
+from d365ct.hooks import INVENTORY_HOOK_KEY, load_hook
 from d365ct.mapping.inventory import (
     ITEM_FIELD,
     WAREHOUSE_FIELD,
@@ -41,7 +43,7 @@ from d365ct.mapping.inventory import (
     StockTotal,
     StockTotals,
     WarehouseMap,
-    inventory_draft,
+    apply_inventory_hook,
     map_on_hand,
     on_hand_fields,
     state_key,
@@ -177,7 +179,8 @@ class _Run:
     def read_package(self, path: Path) -> StockTotals:
         """Stream the package's rows into per-(sku, channel) totals. Memory grows with the
         legal entity's distinct (sku, channel) pairs (the mapping dict), never with its rows."""
-        totals = StockTotals(keep_rows=False)
+        # a hook gets the rows behind each total; without one, memory stays per (sku, channel)
+        totals = StockTotals(keep_rows=self.settings.inventory.mapping.hook is not None)
         with open_package(path) as package:
             label, definition = on_hand_entity(
                 package, self.settings.inventory.entity_set, self.quantity_field
@@ -233,6 +236,48 @@ class _Run:
                 "supply_channel": channel,
             },
         )
+
+    def apply_hook(self, totals: StockTotals) -> None:
+        """The inventory hook on every total, so reconciliation compares what the sync writes;
+        a total the hook fails on is queued and its entry held, like a bad row."""
+        hook = load_hook(self.settings.inventory.mapping.hook, INVENTORY_HOOK_KEY)
+        if hook is None:
+            return
+        failed = apply_inventory_hook(
+            totals,
+            self.channel_ids,
+            hook,
+            hook_name=str(self.settings.inventory.mapping.hook),
+            legal_entity=self.legal_entity,
+            quantity_field=self.quantity_field,
+        )
+        for total, reason in failed:
+            self.held_keys.add(state_key(total.sku, total.channel))
+            warehouse = self.warehouses.warehouse_label(total.channel)
+            self.tally(warehouse, "failed")
+            held = "its commercetools entry is left as it is"
+            self.lines.add(
+                ReportLine(
+                    total.sku,
+                    "failed",
+                    warehouse,
+                    total.channel,
+                    total.on_hand,
+                    detail=f"{reason}; {held}",
+                )
+            )
+            self.errors.add(
+                flow=FLOW,
+                business_key=total.business_key,
+                step="map",
+                error=f"{reason} (nightly reconciliation; {held})",
+                payload=total.payload(self.quantity_field),
+                correlation={
+                    "run": self.report_id,
+                    "legal_entity": self.legal_entity,
+                    "supply_channel": total.channel,
+                },
+            )
 
     def is_held(self, sku: str, channel: str) -> bool:
         return state_key(sku, channel) in self.held_keys
@@ -345,7 +390,7 @@ class _Run:
             return None, exc
 
     async def create(self, op: _Op) -> Resource:
-        draft = inventory_draft(op.sku, op.channel, self.channel_ids[op.channel], op.quantity)
+        draft = entry_draft(op.total, op.sku, op.channel, self.channel_ids, op.quantity)
         return await self.ct.create("inventory", draft)
 
     def counts(self, export: ExportResult, seconds: float, ct_calls: int) -> dict[str, Any]:
@@ -450,6 +495,7 @@ async def _reconcile_one(
             assert export.package_path is not None
             status(legal_entity, "reading the exported package")
             totals = await asyncio.to_thread(run.read_package, Path(export.package_path))
+            run.apply_hook(totals)
             status(legal_entity, f"comparing {len(totals):,} D365 entries with commercetools")
             await run.compare(totals)
         except D365ctError as exc:

@@ -52,6 +52,10 @@ EXAMPLES: Final[dict[str, Any]] = {
     "intake.servicebus_connection": "env:D365CT_SERVICEBUS_CONNECTION",
     "intake.servicebus_queue": "commercetools-events",
     "service.token": "env:D365CT_API_TOKEN",
+    "catalog.mapping.name_field": "SearchName",
+    "catalog.mapping.slug_field": "ItemNumber",
+    "catalog.mapping.hook": "d365ct.mapping.examples:describe_with_search_name",
+    "inventory.mapping.hook": "d365ct.mapping.examples:hold_back_safety_stock",
 }
 # Keys written active (not commented out) although they have a default: secure by default means
 # an example that configures its tokens.
@@ -361,6 +365,8 @@ def _table_lines(
                     nested.append(
                         _table_lines(sub, f"{key}.{c}", f"[{key}.{c}]", comments, concern=c)
                     )
+            elif shape == "table":  # a sub-section such as [catalog.mapping]
+                nested.append(_table_lines(sub, key, f"[{key}]", comments, concern))
             continue
         doc_key = key if concern is None else key.replace(f".{concern}.", ".*.")
         text = _help(comments, cls, doc_key, name)
