@@ -423,3 +423,21 @@ async def test_mapping_overrides_and_a_hook_shape_the_products(harness: Harness)
     # the hook is part of the mapping: unchanged D365 data with the same hook writes nothing
     again = await sync_catalog(settings, h.engine, event_hooks=h.hooks())
     assert (again.unchanged, again.failed, again.ct_writes) == (len(expected) - 1, 1, 0)
+
+    # another hook (the documented example) re-syncs what its drafts change: every product
+    mapping = settings.catalog.mapping.model_copy(
+        update={"hook": "d365ct.mapping.examples:describe_with_search_name"}
+    )
+    described = settings.model_copy(
+        update={"catalog": settings.catalog.model_copy(update={"mapping": mapping})}
+    )
+    summary = await sync_catalog(described, h.engine, event_hooks=h.hooks())
+    assert (summary.updated, summary.created, summary.failed) == (len(expected) - 1, 1, 0)
+    search = {r["ItemNumber"]: r["SearchName"] for r in h.sim_rows("ReleasedProductsV2")}
+    for key, product in h.products().items():
+        current = product["masterData"]["current"]
+        assert current["name"] == expected[key]["name"]  # no longer upper-cased
+        assert current["description"] == {
+            locale: f"{name} (D365 search name {search[key]})"
+            for locale, name in expected[key]["name"].items()
+        }
