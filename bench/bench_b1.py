@@ -226,18 +226,17 @@ def _process_cpu(pid: int) -> float:
 
 
 def bench_settings(sim_url: str, ct_url: str, project_key: str, workdir: str) -> Settings:
-    from d365ct.config import Settings
+    from d365ct.config import CONCERNS, Settings, client_scopes
 
     os.environ[SIM_SECRET_ENV] = SIM_SECRET  # every client secret below is this env: reference
     secret = {"client_secret": f"env:{SIM_SECRET_ENV}"}
     clients = {
-        concern: {"client_id": f"{concern}-client", **secret, "scopes": [f"{scope}:{project_key}"]}
-        for concern, scope in (
-            ("catalog", "manage_products"),
-            ("inventory", "manage_products"),
-            ("orders", "manage_orders"),
-            ("customers", "manage_customers"),
-        )
+        concern: {
+            "client_id": f"{concern}-client",
+            **secret,
+            "scopes": client_scopes(concern, project_key),
+        }
+        for concern in CONCERNS
     }
     data: dict[str, Any] = {
         "d365": {

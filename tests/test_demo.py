@@ -64,7 +64,6 @@ def test_demo_settles_as_seeded() -> None:
 
 
 def test_demo_service_configuration_round_trips(tmp_path: object) -> None:
-
     settings = demo_settings(
         "http://127.0.0.1:1",
         "http://127.0.0.1:2",
@@ -74,3 +73,25 @@ def test_demo_service_configuration_round_trips(tmp_path: object) -> None:
     again = Settings.model_validate(tomllib.loads(settings_toml(settings)))
     assert again == settings
     assert again.inventory.schedule == "" and again.service.bind == "127.0.0.1:8123"
+
+
+def test_demo_clients_ask_for_exactly_the_scopes_each_concern_needs(tmp_path: Path) -> None:
+    from d365ct.check import BROAD_SCOPES
+    from d365ct.demo import PROJECT_KEY
+
+    settings = demo_settings("http://127.0.0.1:1", "http://127.0.0.1:2", tmp_path)
+    ct = settings.require_commercetools()
+    scopes = {concern: list(client.scopes) for concern, client in ct.clients.items()}
+    # Standalone prices scoped to a customer group need the group looked up (and created by
+    # setup or the price sync when missing): manage_customer_groups, not manage_project.
+    assert scopes == {
+        "catalog": [
+            f"manage_products:{PROJECT_KEY}",
+            f"manage_standalone_prices:{PROJECT_KEY}",
+            f"manage_customer_groups:{PROJECT_KEY}",
+        ],
+        "inventory": [f"manage_products:{PROJECT_KEY}"],
+        "orders": [f"manage_orders:{PROJECT_KEY}"],
+        "customers": [f"manage_customers:{PROJECT_KEY}"],
+    }
+    assert not {s.split(":")[0] for c in scopes.values() for s in c} & set(BROAD_SCOPES)

@@ -17,6 +17,7 @@ from pydantic import (
     GetCoreSchemaHandler,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic_core import core_schema
 
@@ -114,6 +115,23 @@ class CommercetoolsClientSettings(_Section):
 
 CONCERNS = ("catalog", "inventory", "orders", "customers")
 
+# The least privilege each concern's API client needs (C2), by the HTTP API's endpoint scopes;
+# each takes a ":<project key>" suffix. catalog: products, product types and channels
+# (manage_products), standalone prices, and customer groups, which `setup` and the price sync
+# look up and create when a price agreement names one. inventory: inventory entries and the
+# supply channels they point at, both secured by manage_products.
+CLIENT_SCOPES: dict[str, tuple[str, ...]] = {
+    "catalog": ("manage_products", "manage_standalone_prices", "manage_customer_groups"),
+    "inventory": ("manage_products",),
+    "orders": ("manage_orders",),
+    "customers": ("manage_customers",),
+}
+
+
+def client_scopes(concern: str, project_key: str) -> list[str]:
+    """The least-privilege scopes of one concern's API client for a project."""
+    return [f"{scope}:{project_key}" for scope in CLIENT_SCOPES[concern]]
+
 
 class CommercetoolsSettings(_Section):
     project_key: str
@@ -163,6 +181,68 @@ class WarehouseSettings(_Section):
     supply_channel: str  # commercetools Channel key (role InventorySupply)
 
 
+class FieldSource(_Section):
+    """Where one commercetools value comes from: a D365 field (with a default when it is empty
+    and a lookup table for its values) or a constant `value`."""
+
+    field: str | None = None  # D365 field of the source row
+    value: str | None = None  # a constant instead of a field
+    default: str | None = None  # when the field is empty; unset: the attribute is left out
+    lookup: dict[str, str] = Field(default_factory=dict)  # D365 value → commercetools value
+
+    @model_validator(mode="after")
+    def _field_or_value(self) -> FieldSource:
+        if (self.field is None) == (self.value is None):
+            raise ValueError("give either field (a D365 field) or value (a constant), not both")
+        return self
+
+
+class CatalogMappingSettings(_Section):
+    """Overrides of the default product mapping (declarative, then the hook)."""
+
+    # D365 ReleasedProductsV2 field whose text is the name in the default locale (default
+    # ProductName); translations still fill the other locales
+    name_field: str | None = None
+    # D365 field whose text the slug is made from (default: the name of each locale)
+    slug_field: str | None = None
+    # commercetools text attribute → D365 field name, or a table {field, default, lookup} or
+    # {value}; set on every variant, and added to the product type by `d365ct setup`
+    attributes: dict[str, str | FieldSource] = Field(default_factory=dict)
+    # more ReleasedProductsV2 fields to read, for the hook
+    fields: tuple[str, ...] = ()
+    # "package.module:function" called as function(draft, row) -> draft per product draft
+    hook: str | None = None
+    # text attributes the hook sets, which `d365ct setup` adds to the product type
+    hook_attributes: tuple[str, ...] = ()
+
+    @field_validator("hook")
+    @classmethod
+    def _hook_spec(cls, value: str | None) -> str | None:
+        return _check_hook_spec(value)
+
+
+class InventoryMappingSettings(_Section):
+    """Overrides of the default inventory entry mapping."""
+
+    # "package.module:function" called as function(draft, source) -> draft per InventoryEntry;
+    # its quantityOnStock is what is compared and written
+    hook: str | None = None
+
+    @field_validator("hook")
+    @classmethod
+    def _hook_spec(cls, value: str | None) -> str | None:
+        return _check_hook_spec(value)
+
+
+def _check_hook_spec(value: str | None) -> str | None:
+    if value is None:
+        return None
+    module, sep, function = value.strip().partition(":")
+    if not sep or not module or not function:
+        raise ValueError(f"'{value}' must name a function as package.module:function")
+    return value.strip()
+
+
 class CatalogSettings(_Section):
     product_type: str = "d365-product"  # commercetools ProductType key
     variant_limit: int = Field(100, ge=1)  # commercetools' documented default per product
@@ -172,6 +252,7 @@ class CatalogSettings(_Section):
     source_legal_entity: str = "usmf"  # the company whose released products form the catalog
     # `d365ct run`: cron (UTC; 5 fields, or 6 with seconds first) of the delta sync; "" = off
     schedule: str = "*/30 * * * *"
+    mapping: CatalogMappingSettings = CatalogMappingSettings()
 
 
 class InventorySettings(_Section):
@@ -182,6 +263,7 @@ class InventorySettings(_Section):
     schedule: str = "*/5 * * * *"
     # `d365ct run`: cron (UTC) of the reconciliation against a DMF export of on-hand; "" = off
     reconcile_schedule: str = "0 2 * * *"
+    mapping: InventoryMappingSettings = InventoryMappingSettings()
 
 
 class PriceSettings(_Section):
@@ -292,9 +374,13 @@ def load_settings(path: Path | None, environ: dict[str, str] | None = None) -> S
             raise ConfigurationError(f"{path}: not valid TOML: {exc}") from exc
     data = _apply_env(data, dict(os.environ if environ is None else environ))
     try:
-        return Settings.model_validate(data)
+        settings = Settings.model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}" for error in exc.errors()
         )
         raise ConfigurationError(f"invalid configuration: {problems}") from exc
+    from d365ct.hooks import load_hooks  # imports user code: only once the file is valid
+
+    load_hooks(settings)  # a hook that cannot be imported stops the start, naming its key
+    return settings

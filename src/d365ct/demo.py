@@ -28,7 +28,7 @@ from typing import Any
 
 import httpx
 
-from d365ct.config import Settings
+from d365ct.config import CONCERNS, Settings, client_scopes
 from d365ct.errors import ConfigurationError
 
 SECRET_ENV = "D365CT_DEMO_SECRET"  # every demo client shares one secret; the peers accept any
@@ -142,14 +142,9 @@ def demo_settings(d365_url: str, ct_url: str, workdir: Path, **sections: Any) ->
         concern: {
             "client_id": f"{concern}-client",
             "client_secret": secret,
-            "scopes": [f"{scope}:{PROJECT_KEY}" for scope in scopes],
+            "scopes": client_scopes(concern, PROJECT_KEY),
         }
-        for concern, scopes in (
-            ("catalog", ("manage_products", "manage_standalone_prices")),
-            ("inventory", ("manage_products",)),
-            ("orders", ("manage_orders",)),
-            ("customers", ("manage_customers",)),
-        )
+        for concern in CONCERNS
     }
     data: dict[str, Any] = {
         "d365": {

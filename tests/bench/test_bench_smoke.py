@@ -247,3 +247,30 @@ def test_b1_bench_counts_catalog_resync_calls_at_the_http_layer() -> None:
     assert set(naive["ct_ms_per_call"]) == {"GET", "POST"}
     assert result["ratio"] == round(naive["calls"] / ours["calls"], 1)
     assert result["met"] is True
+
+
+@pytest.mark.slow
+def test_b2w_bench_writes_exactly_the_changed_entries() -> None:
+    result = _run_bench("B2W")
+    assert "writes = changed entries" in result["goal"]
+    ours, naive = result["ours"], result["naive"]
+    _no_negative_numbers(ours)
+    _no_negative_numbers(naive)
+
+    rows = max(100, round(100_000 * SCALE))
+    changed = ours["d365_changes"]
+    assert changed["changed_rows"] == changed["patch_calls"] == max(1, round(rows * 0.01))
+    assert ours["initial_load"]["created"] == ours["entries"] == naive["entries"] > 0
+    assert ours["rows"] == ours["initial_load"]["rows"] == rows
+    # counted at the HTTP layer: one POST per changed entry, none to an unchanged one
+    assert ours["writes"] == ours["changed_entries"] == changed["changed_entries"] > 0
+    assert ours["calls_by_method"]["POST"] == ours["writes"] == ours["updated"]
+    assert ours["writes_to_unchanged"] == 0 and ours["calls_match_summary"] is True
+    assert ours["unchanged"] == ours["entries"] - ours["changed_entries"]
+    assert ours["changes_arrived"] is True
+    assert ours["d365_calls"] == ours["d365_calls_hook"] <= ours["d365_calls_allowed"]
+
+    assert naive["writes"] == naive["entries"]  # every row written, changed or not
+    assert naive["measured_writes"] == naive["measured_writes_client"] == naive["extrapolated_from"]
+    assert result["ratio"] == round(naive["writes"] / ours["writes"], 1)
+    assert result["met"] is True

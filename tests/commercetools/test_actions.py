@@ -100,6 +100,19 @@ def test_name_slug_and_attribute_changes() -> None:
     ]
 
 
+def test_description_is_managed_only_when_the_draft_has_one() -> None:
+    held = product()
+    held["masterData"]["staged"]["description"] = {"en": "old"}
+    assert product_actions(held, draft()) == []  # the default mapping leaves it to others
+    assert product_actions(held, draft(description={"en": "new"})) == [
+        {"action": "setDescription", "description": {"en": "new"}}
+    ]
+    assert product_actions(held, draft(description={"en": "old"})) == []
+    assert product_actions(held, draft(description={})) == [
+        {"action": "setDescription", "description": None}
+    ]
+
+
 def test_variants_added_removed_and_master_changed_in_a_valid_order() -> None:
     desired = draft(
         masterVariant={"sku": "C", "key": "c", "attributes": [{"name": "color", "value": "x"}]},

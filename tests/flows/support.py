@@ -51,17 +51,16 @@ def customers_request(*rows: dict[str, Any], legal_entity: str = "usmf") -> Impo
 def full_settings(sim_url: str, ct_url: str, project_key: str, workdir: str, **sections: Any):  # type: ignore[no-untyped-def]
     """Settings for a whole flow: d365sim, the commercetools mock (scope in the query, as the
     mock wants it), the two seeded legal entities and a warehouse → channel map."""
-    from d365ct.config import Settings
+    from d365ct.config import CONCERNS, Settings, client_scopes
 
     secret = {"client_secret": f"env:{SECRET_ENV}"}
     clients = {
-        concern: {"client_id": f"{concern}-client", **secret, "scopes": [f"{scope}:{project_key}"]}
-        for concern, scope in (
-            ("catalog", "manage_products"),
-            ("inventory", "manage_products"),  # inventory entries live under manage_products
-            ("orders", "manage_orders"),
-            ("customers", "manage_customers"),
-        )
+        concern: {
+            "client_id": f"{concern}-client",
+            **secret,
+            "scopes": client_scopes(concern, project_key),
+        }
+        for concern in CONCERNS
     }
     data: dict[str, Any] = {
         "d365": sim_settings(sim_url).model_dump(mode="json"),

@@ -15,7 +15,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from d365ct.config import Settings
+from d365ct.config import CatalogMappingSettings, Settings
 from d365ct.flows.catalog import sync_catalog
 from d365ct.flows.setup import run_setup
 from d365ct.mapping.skus import sku_of
@@ -376,3 +376,68 @@ async def test_without_setup_the_run_stops_with_a_clear_error(harness: Harness) 
     with pytest.raises(ConfigurationError, match="d365ct setup"):
         await sync_catalog(harness.settings, harness.engine)
     assert SyncStateStore(harness.engine).count("catalog") == 0
+
+
+async def test_mapping_overrides_and_a_hook_shape_the_products(harness: Harness) -> None:
+    h = harness
+    settings = h.with_catalog(
+        mapping=CatalogMappingSettings.model_validate(
+            {
+                "fields": ["SearchName"],
+                "attributes": {
+                    "brand": {"value": "Contoso"},
+                    "product-group": {"field": "ProductGroupId", "default": "none"},
+                },
+                "hook": "tests.mapping.hook_samples:refuse_d0007",
+            }
+        )
+    )
+    report = await run_setup(settings)  # adds the configured attributes to the product type
+    assert report.ok, report.as_dict()
+    with h.ct_client() as client:
+        product_type = client.get("/product-types/key=d365-product").json()
+    assert {"brand", "product-group"} <= {a["name"] for a in product_type["attributes"]}
+
+    summary = await sync_catalog(settings, h.engine, event_hooks=h.hooks())
+
+    expected = expected_catalog(h)
+    groups = {r["ItemNumber"]: r["ProductGroupId"] for r in h.sim_rows("ReleasedProductsV2")}
+    assert (summary.created, summary.failed) == (len(expected) - 1, 1)
+    [refused] = ErrorQueue(h.engine).list(flow="catalog")
+    assert refused.business_key == "D0007" and refused.step == "map"
+    assert refused.error == (
+        "mapping hook tests.mapping.hook_samples:refuse_d0007 failed for product D0007: "
+        "ValueError: D0007 is blocked for the web shop"
+    )
+    assert refused.payload["SearchName"]  # the source row as read, with the extra field
+    products = h.products()
+    assert "D0007" not in products and len(products) == len(expected) - 1
+    for key, product in products.items():
+        current = product["masterData"]["current"]
+        assert current["name"] == {k: v.upper() for k, v in expected[key]["name"].items()}
+        for variant in held_variants(product):
+            held = attributes(variant)
+            assert held["brand"] == "Contoso"
+            assert held["product-group"] == (groups[key] or "none")
+
+    # the hook is part of the mapping: unchanged D365 data with the same hook writes nothing
+    again = await sync_catalog(settings, h.engine, event_hooks=h.hooks())
+    assert (again.unchanged, again.failed, again.ct_writes) == (len(expected) - 1, 1, 0)
+
+    # another hook (the documented example) re-syncs what its drafts change: every product
+    mapping = settings.catalog.mapping.model_copy(
+        update={"hook": "d365ct.mapping.examples:describe_with_search_name"}
+    )
+    described = settings.model_copy(
+        update={"catalog": settings.catalog.model_copy(update={"mapping": mapping})}
+    )
+    summary = await sync_catalog(described, h.engine, event_hooks=h.hooks())
+    assert (summary.updated, summary.created, summary.failed) == (len(expected) - 1, 1, 0)
+    search = {r["ItemNumber"]: r["SearchName"] for r in h.sim_rows("ReleasedProductsV2")}
+    for key, product in h.products().items():
+        current = product["masterData"]["current"]
+        assert current["name"] == expected[key]["name"]  # no longer upper-cased
+        assert current["description"] == {
+            locale: f"{name} (D365 search name {search[key]})"
+            for locale, name in expected[key]["name"].items()
+        }

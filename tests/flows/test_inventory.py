@@ -433,6 +433,36 @@ async def test_missing_channels_rejected_writes_and_vanished_rows(env: Inventory
     assert again.zeroed == 0 and again.written == 0
 
 
+async def test_a_row_without_item_stops_zeroing_in_its_channel(env: InventoryEnv) -> None:
+    from d365sim.entities import BY_NAME
+
+    await env.sync(legal_entity="usmf")
+    rows = [r for r in env.on_hand() if r["dataAreaId"] == "usmf"]
+    in_12 = [r for r in rows if r["InventoryWarehouseId"] == "12"]
+    in_11 = [r for r in rows if r["InventoryWarehouseId"] == "11"]
+    vanished_12, vanished_11 = in_12[0], in_11[0]
+    before = env.quantities()
+    env.delete_on_hand(vanished_12)
+    env.delete_on_hand(vanished_11)
+    # Bad data in warehouse 12: a row naming no item may be the vanished row's, so the sync
+    # cannot tell "no stock" from "unreadable stock" there, and must not zero anything.
+    env.sim.simulator.store.insert_many(
+        BY_NAME["WarehousesOnHandV2"], [{**vanished_12, "ItemNumber": ""}]
+    )
+    summary = await env.sync(legal_entity="usmf")
+
+    after = env.quantities()
+    assert (
+        after[(expected_sku(vanished_12), "usmf-12")]
+        == before[(expected_sku(vanished_12), "usmf-12")]
+        > 0
+    )
+    assert after[(expected_sku(vanished_11), "usmf-11")] == 0  # other channels still zero
+    assert summary.zeroed == 1
+    (queued,) = [e for e in env.errors() if e.business_key == "?@usmf/12"]
+    assert queued.step == "map" and "has no ItemNumber" in queued.error
+
+
 async def test_progress_and_one_legal_entity(env: InventoryEnv) -> None:
     seen: list[tuple[str, int, int | None]] = []
     summary = await env.sync(legal_entity="USMF", progress=lambda *a: seen.append(a))

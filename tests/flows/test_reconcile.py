@@ -12,10 +12,18 @@ from typing import Any
 import httpx
 import pytest
 
-from d365ct.config import InventorySettings
+from d365ct.config import InventoryMappingSettings, InventorySettings
+from d365ct.d365.entities import CUSTOMERS_V3, INVENTORY_ON_HAND_V2, EntityDefinition
+from d365ct.d365.packages import PackageFormatError, PackageWriter, open_package
 from d365ct.engine import launch_engine, shutdown_engine
 from d365ct.flows.dmf_jobs import PackageJobs
-from d365ct.flows.reconcile import ReconcileResult, package_jobs, reconcile_inventory
+from d365ct.flows.reconcile import (
+    ReconcileResult,
+    on_hand_entity,
+    package_jobs,
+    reconcile_inventory,
+)
+from d365ct.mapping.examples import SAFETY_STOCK
 from d365ct.runtime import adapters
 from d365ct.store import JobStore
 from d365ct.store.reports import ReportStore
@@ -130,7 +138,9 @@ async def test_reconciliation_corrects_exactly_the_drift_and_reports_it(
             if (r["dataAreaId"], r["InventoryWarehouseId"]) in UNMAPPED
             and r["dataAreaId"] == "usmf"
         ),
+        "held": 0,
     }
+    assert usmf_counts["held"] == [] and usmf_counts["zeroing_suspended"] == []
     assert usmf_counts["warehouses"]["12"]["zeroed"] == 1
     assert usmf_counts["warehouses"]["24"]["unmapped"] == usmf_counts["actions"]["unmapped"]
     assert sum(w["unchanged"] for w in usmf_counts["warehouses"].values()) == len(usmf) - 1
@@ -188,3 +198,171 @@ async def test_a_failed_export_is_reported_and_the_others_still_run(
     assert all("no-such-project" in (r.error or "") for r in results), results[0].error
     assert all("d365ct jobs show reconcile-inventory-" in (r.error or "") for r in results)
     assert env.inventory() == {}
+
+
+ON_HAND_KEY_FIELDS = (
+    "dataAreaId",
+    "ItemNumber",
+    "ProductColorId",
+    "ProductConfigurationId",
+    "ProductSizeId",
+    "ProductStyleId",
+    "InventorySiteId",
+    "InventoryWarehouseId",
+)
+
+
+def write_raw_on_hand(env: InventoryEnv, row: dict[str, Any]) -> None:
+    """Store a row in d365sim as D365 might hold it, bypassing OData validation (bad data)."""
+    from d365sim.entities import BY_NAME
+
+    env.sim.simulator.store.upsert(BY_NAME["WarehousesOnHandV2"], row, by=ON_HAND_KEY_FIELDS)
+
+
+def reconcile_errors(env: InventoryEnv) -> list[Any]:
+    """Error-queue entries a reconciliation wrote (the delta sync queues unmapped rows too)."""
+    return [e for e in env.errors() if str(e.correlation.get("run")).startswith("reconcile-")]
+
+
+async def test_bad_d365_rows_are_queued_and_their_entries_left_untouched(
+    env: InventoryEnv, jobs: PackageJobs
+) -> None:
+    await env.sync()
+    expected = env.expected()
+    in_11 = sorted(k for k in expected if k[1] == "usmf-11")
+    unreadable, drifted = in_11[0], in_11[1]
+    before = env.quantities()
+    # An unparsable quantity: the entry must not be zeroed as if D365 had no stock for it.
+    write_raw_on_hand(env, {**env.row_of(unreadable), "AvailableOnHandQuantity": None})
+    # A row of warehouse 12 without ItemNumber could be any entry's: nothing there is zeroed.
+    itemless = {**env.row_of(sorted(k for k in expected if k[1] == "usmf-12")[0])}
+    itemless.update(ItemNumber="", AvailableOnHandQuantity=5)
+    write_raw_on_hand(env, itemless)
+    add_entry(env, "GHOST-1", "usmf-12", 6)  # zeroed by a clean run (see the test above)
+    env.tamper(*drifted, quantity=expected[drifted] + 4)  # the rest still gets corrected
+    env.ct.responses.clear()
+
+    results = await reconcile(env, jobs, legal_entity="usmf")
+
+    (usmf,) = results
+    assert usmf.state == "completed"
+    after = env.quantities()
+    assert after[unreadable] == before[unreadable] == expected[unreadable]
+    assert after[("GHOST-1", "usmf-12")] == 6
+    assert after[drifted] == expected[drifted]
+    assert len(env.posts()) == 1  # the one correction
+
+    counts = usmf.counts
+    assert counts["actions"]["failed"] == 2
+    assert counts["actions"]["held"] == 2  # the unreadable entry and GHOST-1
+    assert counts["actions"]["zeroed"] == 0 and counts["actions"]["corrected"] == 1
+    assert counts["held"] == [f"{unreadable[0]}@usmf-11"]
+    assert counts["zeroing_suspended"] == ["usmf-12"]
+    lines = ReportStore(env.engine).lines(usmf.report_id, action="failed")
+    assert sorted((line.sku, line.supply_channel) for line in lines) == [
+        ("?", "usmf-12"),
+        (unreadable[0], "usmf-11"),
+    ]
+    assert all(
+        "left as it is" in (line.detail or "") or "zeroed" in (line.detail or "") for line in lines
+    )
+
+    errors = {e.business_key: e for e in reconcile_errors(env)}
+    assert set(errors) == {f"{unreadable[0]}@usmf/11", "?@usmf/12"}
+    queued = errors[f"{unreadable[0]}@usmf/11"]
+    assert queued.step == "map" and "AvailableOnHandQuantity" in queued.error
+    assert queued.payload["ItemNumber"] == env.row_of(unreadable)["ItemNumber"]
+    assert queued.correlation["run"] == usmf.report_id
+    assert "no ItemNumber" in errors["?@usmf/12"].error
+
+    # the next night finds the same bad rows: one more attempt each, not new entries
+    await reconcile(env, jobs, legal_entity="usmf")
+    assert sorted(e.attempts for e in reconcile_errors(env)) == [2, 2]
+
+
+SEED_ON_HAND = EntityDefinition(  # the seed brief's entity, under a label d365ct cannot know
+    label="Inventory on-hand V2",
+    odata_name="InventOnHandV2",
+    fields=("dataAreaId", "ItemNumber", "InventoryWarehouseId", "AvailablePhysicalQuantity"),
+    keys=("dataAreaId", "ItemNumber", "InventoryWarehouseId"),
+)
+SEED_ROW = {
+    "dataAreaId": "usmf",
+    "ItemNumber": "D0001",
+    "InventoryWarehouseId": "11",
+    "AvailablePhysicalQuantity": "7.5",
+}
+
+
+def _package(tmp_path: Path, *entities: EntityDefinition) -> Path:
+    writer = PackageWriter(tmp_path, definition_group="d365ct-onhand")
+    rows = {SEED_ON_HAND.label: SEED_ROW, CUSTOMERS_V3.label: {"CustomerAccount": "C1"}}
+    (written,) = writer.write_units(
+        list(entities), [[(e, rows.get(e.label, {})) for e in entities]]
+    )
+    return written.path
+
+
+def test_the_configured_entity_set_chooses_the_package_entity(tmp_path: Path) -> None:
+    path = _package(tmp_path / "seed", SEED_ON_HAND)
+    with open_package(path) as package:
+        label, definition = on_hand_entity(package, "InventOnHandV2", "AvailablePhysicalQuantity")
+        assert label == "Inventory on-hand V2"
+        (row,) = package.rows(label, definition=definition)
+    assert row["ItemNumber"] == "D0001" and row["AvailablePhysicalQuantity"] == "7.5"
+
+    # the default entity set is found by its DMF label among others
+    path = _package(tmp_path / "default", CUSTOMERS_V3, INVENTORY_ON_HAND_V2)
+    with open_package(path) as package:
+        label, definition = on_hand_entity(
+            package, "WarehousesOnHandV2", "AvailablePhysicalQuantity"
+        )
+    assert label == INVENTORY_ON_HAND_V2.label
+    assert "AvailablePhysicalQuantity" in definition.fields
+
+    # an entity set of unknown label in a package of several entities: a clear refusal
+    path = _package(tmp_path / "two", CUSTOMERS_V3, SEED_ON_HAND)
+    with open_package(path) as package, pytest.raises(PackageFormatError) as refused:
+        on_hand_entity(package, "InventOnHandV2", "AvailablePhysicalQuantity")
+    assert "inventory.entity_set 'InventOnHandV2'" in str(refused.value)
+    assert "'Customers V3', 'Inventory on-hand V2'" in str(refused.value)
+
+    # the default entity set never reads another entity by mistake
+    path = _package(tmp_path / "wrong", SEED_ON_HAND)
+    with open_package(path) as package, pytest.raises(PackageFormatError, match="no entity"):
+        on_hand_entity(package, "WarehousesOnHandV2", "AvailableOnHandQuantity")
+
+
+async def test_the_inventory_hook_shapes_what_sync_and_reconciliation_write(
+    env: InventoryEnv, jobs: PackageJobs
+) -> None:
+    inventory = env.settings.inventory.model_copy(
+        update={
+            "mapping": InventoryMappingSettings(
+                hook="d365ct.mapping.examples:hold_back_safety_stock"
+            )
+        }
+    )
+    env.settings = env.settings.model_copy(update={"inventory": inventory})
+    summary = await env.sync(legal_entity="usmf")
+    held_back = {
+        key: max(0, quantity - SAFETY_STOCK)
+        for key, quantity in env.expected().items()
+        if key[1].startswith("usmf")
+    }
+    assert summary.failed == len([e for e in env.errors() if e.step == "map"])  # unmapped only
+    assert env.quantities() == held_back
+    assert any(q > 0 for q in held_back.values()) and any(q == 0 for q in held_back.values())
+
+    # reconciliation applies the same hook, so it finds nothing to correct …
+    env.ct.responses.clear()
+    [result] = await reconcile(env, jobs, legal_entity="usmf")
+    assert result.counts["actions"]["corrected"] == 0 and env.posts() == []
+    assert result.counts["actions"]["unchanged"] == len(held_back)
+
+    # … and corrects drift to the hooked quantity, not to D365's raw one
+    key = next(k for k, q in held_back.items() if q > 0)
+    env.tamper(*key, quantity=held_back[key] + SAFETY_STOCK)
+    [result] = await reconcile(env, jobs, legal_entity="usmf")
+    assert result.counts["actions"]["corrected"] == 1
+    assert env.quantities()[key] == held_back[key]

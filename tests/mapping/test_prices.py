@@ -243,3 +243,33 @@ def test_unit_price_is_the_half_even_rounding_of_the_exact_quotient(
     expected = (amount / quantity).scaleb(digits).to_integral_value(rounding=ROUND_HALF_EVEN)
     assert value["centAmount"] == int(expected)
     assert abs(money_value(value) - amount / quantity) <= Decimal(1).scaleb(-digits) / 2
+
+
+def test_of_two_running_open_ended_prices_the_later_start_wins_in_any_order() -> None:
+    # Both have started, so neither keeps a validFrom; the priority must still follow the start
+    # date D365 holds, not the RecordId (the older agreement here has the higher RecordId).
+    newer_start = row(7, price="11.00", PriceApplicableFromDate="2026-03-01T12:00:00Z")
+    older_start = row(9, price="13.00", PriceApplicableFromDate="2025-01-01T12:00:00Z")
+    for rows in ([newer_start, older_start], [older_start, newer_start]):
+        mapping = price_plans(rows, {}, OPTIONS, now=NOW)
+        (plan,) = mapping.plans
+        assert plan.key == "usmf-7"
+        assert plan.draft["value"]["centAmount"] == 1100
+        assert "validFrom" not in plan.draft
+        assert [(r.record, r.kind) for r in mapping.skipped] == [("usmf-9", "superseded")]
+
+
+def test_a_more_specific_price_beats_a_later_start() -> None:
+    known = variants("D0005", ("Black", "M"))
+    master = row(1, item="D0005", PriceApplicableFromDate="2026-05-01T12:00:00Z")
+    variant = row(
+        2,
+        item="D0005",
+        price="9.00",
+        ProductColorId="Black",
+        ProductSizeId="M",
+        PriceApplicableFromDate="2024-01-01T12:00:00Z",
+    )
+    mapping = price_plans([master, variant], known, OPTIONS, now=NOW)
+    assert [p.key for p in mapping.plans] == ["usmf-2"]
+    assert [r.kind for r in mapping.skipped] == ["superseded"]

@@ -174,9 +174,10 @@ def product_actions(
 
     Compared against the staged data, which updates change; `publish` adds a `publish` action when
     anything changed or staged changes are pending, or the product is not yet published. Managed:
-    name, slug, variants by sku (added, removed, master), and the full attribute list of each
-    variant (attributes absent from the draft are removed). Not managed: productType (cannot be
-    changed in place), key, prices (standalone), variant keys and images.
+    name, slug, description (when the draft has one), variants by sku (added, removed, master),
+    and the full attribute list of each variant (attributes absent from the draft are removed).
+    Not managed: productType (cannot be changed in place), key, prices (standalone), variant
+    keys and images.
     """
     master_data = current.get("masterData")
     if master_data is not None:
@@ -195,6 +196,10 @@ def product_actions(
     slug = _localized(desired.get("slug"))
     if slug != _localized(data.get("slug")):
         actions.append({"action": "changeSlug", "slug": slug})
+    if "description" in desired:  # managed only when the draft has one (a mapping hook's)
+        description = _localized(desired.get("description"))
+        if description != _localized(data.get("description")):
+            actions.append({"action": "setDescription", "description": description or None})
 
     desired_master = desired.get("masterVariant") or {}
     wanted = _variants_by_sku([desired_master, *(desired.get("variants") or ())], strict=True)

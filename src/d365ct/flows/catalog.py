@@ -25,8 +25,8 @@ from d365ct.commercetools import (
 from d365ct.config import Settings
 from d365ct.d365.odata import ODataReader, quote_literal
 from d365ct.errors import ConfigurationError, CredentialError, PermanentError, TransientError
+from d365ct.hooks import CATALOG_HOOK_KEY, load_hook
 from d365ct.mapping.catalog import (
-    PRODUCT_FIELDS,
     TRANSLATION_FIELDS,
     VARIANT_FIELDS,
     CatalogMappingError,
@@ -217,7 +217,8 @@ class _CatalogSync:
         progress: Progress,
     ) -> None:
         self.settings = settings
-        self.options = CatalogOptions.from_settings(settings.catalog)
+        hook = load_hook(settings.catalog.mapping.hook, CATALOG_HOOK_KEY)
+        self.options = CatalogOptions.from_settings(settings.catalog, hook)
         self.ct = ct
         self.state = SyncStateStore(engine)
         self.errors = ErrorQueue(engine)
@@ -505,7 +506,9 @@ async def sync_catalog(
             rows = [
                 row
                 async for row in ad.odata.rows(
-                    "ReleasedProductsV2", select=list(PRODUCT_FIELDS), legal_entity=source
+                    "ReleasedProductsV2",
+                    select=list(sync.options.product_fields),
+                    legal_entity=source,
                 )
             ]
             progress.add_total(len(rows))

@@ -24,11 +24,13 @@ from d365ct.commercetools import (
 )
 from d365ct.config import Settings
 from d365ct.errors import ConfigurationError, CredentialError, D365ctError
+from d365ct.hooks import INVENTORY_HOOK_KEY, load_hook
 from d365ct.mapping.inventory import (
     OnHandError,
     StockTotal,
     StockTotals,
     WarehouseMap,
+    apply_inventory_hook,
     inventory_draft,
     map_on_hand,
     on_hand_fields,
@@ -48,6 +50,7 @@ __all__ = [
     "ProgressCallback",
     "RecordFailure",
     "channel_predicate",
+    "entry_draft",
     "legal_entities_to_run",
     "resolve_channels",
     "set_quantity",
@@ -348,8 +351,11 @@ class _Sync:
         self.progress = progress
         self.run_id = run_id
         self.quantity_field = settings.inventory.quantity_field
+        self.hook = load_hook(settings.inventory.mapping.hook, INVENTORY_HOOK_KEY)
         self.channel_ids: dict[str, str] = {}
         self.channel_problems: dict[str, str] = {}
+        # Channels with a row that names no item: it could be any entry's, so none is zeroed.
+        self.held_channels: set[str] = set()
 
     # -- failures ----------------------------------------------------------------------------
 
@@ -389,6 +395,19 @@ class _Sync:
 
     async def legal_entity(self, legal_entity: str) -> None:
         totals, failed_keys = await self.read(legal_entity)
+        if self.hook is not None:
+            failed = apply_inventory_hook(
+                totals,
+                self.channel_ids,
+                self.hook,
+                hook_name=str(self.settings.inventory.mapping.hook),
+                legal_entity=legal_entity,
+                quantity_field=self.quantity_field,
+            )
+            for total, reason in failed:
+                failed_keys.add(state_key(total.sku, total.channel))  # not zeroed either
+                payload = total.payload(self.quantity_field)
+                self.fail(total.business_key, "map", reason, payload, legal_entity, total.channel)
         self.summary.entries += len(totals)
         batch: list[StockTotal] = []
         for total in totals:
@@ -435,6 +454,8 @@ class _Sync:
             channel = self.warehouses.channel(legal_entity, mapped.warehouse)
             if channel is not None and mapped.sku:
                 failed_keys.add(state_key(mapped.sku, channel))  # do not zero it either
+            elif channel is not None:
+                self.held_channels.add(channel)
             # the row as read ($select leaves out dataAreaId), without OData annotations
             payload = {"dataAreaId": legal_entity}
             payload.update((k, v) for k, v in row.items() if not k.startswith("@"))
@@ -509,7 +530,7 @@ class _Sync:
         """Entries this flow wrote whose D365 row is gone: nothing left to sell, so 0."""
         ops: list[_Op] = []
         for channel in self.warehouses.channels(legal_entity):
-            if channel not in self.channel_ids:
+            if channel not in self.channel_ids or channel in self.held_channels:
                 continue
             for sku, state in self.state.for_channel(channel):
                 if (sku, channel) in totals or state_key(sku, channel) in failed_keys:
@@ -592,8 +613,18 @@ class _Sync:
             return None, exc
 
     async def create(self, op: _Op) -> Resource:
-        draft = inventory_draft(op.sku, op.channel, self.channel_ids[op.channel], op.quantity)
-        return await self.ct.create("inventory", draft)
+        return await self.ct.create(
+            "inventory", entry_draft(op.total, op.sku, op.channel, self.channel_ids, op.quantity)
+        )
+
+
+def entry_draft(
+    total: StockTotal | None, sku: str, channel: str, channel_ids: Mapping[str, str], quantity: int
+) -> dict[str, Any]:
+    """The InventoryEntryDraft a create sends: the hook's, or the default one."""
+    if total is not None and total.draft is not None:
+        return {**total.draft, "quantityOnStock": quantity}
+    return inventory_draft(sku, channel, channel_ids[channel], quantity)
 
 
 async def sync_inventory(

@@ -20,8 +20,8 @@ from dbos import SetWorkflowID
 
 from d365ct.commercetools import CommercetoolsClient, ResourceNotFound
 from d365ct.config import Settings
-from d365ct.d365.entities import INVENTORY_ON_HAND_V2, EntityDefinition
-from d365ct.d365.packages import open_package
+from d365ct.d365.entities import DEFINITIONS, EntityDefinition
+from d365ct.d365.packages import PackageFormatError, PackageReader, open_package
 from d365ct.errors import CredentialError, D365ctError, PermanentError
 from d365ct.flows.dmf_jobs import ExportResult, PackageJobs
 from d365ct.flows.inventory import (
@@ -29,22 +29,28 @@ from d365ct.flows.inventory import (
     EntryState,
     InventoryState,
     channel_predicate,
+    entry_draft,
     legal_entities_to_run,
     resolve_channels,
     set_quantity,
     state_of,
 )
+from d365ct.hooks import INVENTORY_HOOK_KEY, load_hook
 from d365ct.mapping.inventory import (
+    ITEM_FIELD,
+    WAREHOUSE_FIELD,
     OnHandError,
     StockTotal,
     StockTotals,
     WarehouseMap,
-    inventory_draft,
+    apply_inventory_hook,
     map_on_hand,
+    on_hand_fields,
     state_key,
 )
 from d365ct.runtime import Adapters, adapters
 from d365ct.store import JobStore, make_engine
+from d365ct.store.error_queue import ErrorQueue
 from d365ct.store.reports import LineWriter, ReportLine, ReportStore
 
 __all__ = [
@@ -52,13 +58,15 @@ __all__ = [
     "RECONCILE_INSTANCE",
     "ReconcileResult",
     "StatusCallback",
+    "on_hand_entity",
     "package_jobs",
     "reconcile_inventory",
     "workflow_id",
 ]
 
 RECONCILE_INSTANCE = "d365ct-reconcile"  # the DBOS name of the PackageJobs exporting on-hand
-ACTIONS = ("unchanged", "corrected", "created", "zeroed", "failed", "unmapped")
+# held: a commercetools entry left as it is because D365's rows for it could not be read
+ACTIONS = ("unchanged", "corrected", "created", "zeroed", "failed", "unmapped", "held")
 BATCH = 500  # concurrent writes per round, and sync-state rows per write to the store
 
 # (legal entity, what the run is doing now)
@@ -127,14 +135,23 @@ class _Run:
         state: InventoryState,
         lines: LineWriter,
         legal_entity: str,
+        errors: ErrorQueue,
+        report_id: str,
     ) -> None:
         self.settings = settings
         self.ct = ct
         self.state = state
         self.lines = lines
         self.legal_entity = legal_entity
+        self.errors = errors
+        self.report_id = report_id
         self.warehouses = WarehouseMap(settings.warehouses)
         self.quantity_field = settings.inventory.quantity_field
+        # What bad D365 rows make unknowable: entries (sku@channel) whose rows failed, and
+        # channels with a row that names no item (it could belong to any of their entries).
+        # Neither is corrected, created nor zeroed: a bad row is no evidence of zero stock.
+        self.held_keys: set[str] = set()
+        self.held_channels: set[str] = set()
         self.actions = dict.fromkeys(ACTIONS, 0)
         self.by_warehouse: dict[str, dict[str, int]] = {}
         self.rows = 0
@@ -162,10 +179,13 @@ class _Run:
     def read_package(self, path: Path) -> StockTotals:
         """Stream the package's rows into per-(sku, channel) totals. Memory grows with the
         legal entity's distinct (sku, channel) pairs (the mapping dict), never with its rows."""
-        definition = _definition(self.quantity_field)
-        totals = StockTotals(keep_rows=False)
+        # a hook gets the rows behind each total; without one, memory stays per (sku, channel)
+        totals = StockTotals(keep_rows=self.settings.inventory.mapping.hook is not None)
         with open_package(path) as package:
-            for row in package.rows(definition.label, definition=definition):
+            label, definition = on_hand_entity(
+                package, self.settings.inventory.entity_set, self.quantity_field
+            )
+            for row in package.rows(label, definition=definition):
                 self.rows += 1
                 mapped = map_on_hand(
                     row,
@@ -178,22 +198,89 @@ class _Run:
                     if channel is None:
                         self.tally(mapped.warehouse, "unmapped")  # counted; the sync queues them
                     else:
-                        self.tally(self.warehouses.warehouse_label(channel), "failed")
-                        self.lines.add(
-                            ReportLine(
-                                mapped.sku or "?",
-                                "failed",
-                                self.warehouses.warehouse_label(channel),
-                                channel,
-                                detail=mapped.reason,
-                            )
-                        )
+                        self.bad_row(mapped, channel, row)
                     continue
                 if mapped.channel in self.problems:
                     self.tally(self.warehouses.warehouse_label(mapped.channel), "failed")
                     continue
                 totals.add(mapped)
         return totals
+
+    def bad_row(self, mapped: OnHandError, channel: str, row: Mapping[str, Any]) -> None:
+        """A row of a mapped warehouse that cannot be read: error queue, report line, and its
+        entry (or, without an item, its whole channel) held out of this run's corrections."""
+        warehouse = self.warehouses.warehouse_label(channel)
+        if mapped.sku:
+            self.held_keys.add(state_key(mapped.sku, channel))
+            held = "its commercetools entry is left as it is"
+        else:
+            self.held_channels.add(channel)
+            held = f"no entry of channel '{channel}' is zeroed in this run"
+        self.tally(warehouse, "failed")
+        self.lines.add(
+            ReportLine(
+                mapped.sku or "?", "failed", warehouse, channel, detail=f"{mapped.reason}; {held}"
+            )
+        )
+        payload = {"dataAreaId": self.legal_entity}
+        payload.update((k, v) for k, v in row.items() if k != "dataAreaId")
+        self.errors.add(
+            flow=FLOW,
+            business_key=mapped.business_key,
+            step="map",
+            error=f"{mapped.reason} (nightly reconciliation; {held})",
+            payload=payload,
+            correlation={
+                "run": self.report_id,
+                "legal_entity": self.legal_entity,
+                "supply_channel": channel,
+            },
+        )
+
+    def apply_hook(self, totals: StockTotals) -> None:
+        """The inventory hook on every total, so reconciliation compares what the sync writes;
+        a total the hook fails on is queued and its entry held, like a bad row."""
+        hook = load_hook(self.settings.inventory.mapping.hook, INVENTORY_HOOK_KEY)
+        if hook is None:
+            return
+        failed = apply_inventory_hook(
+            totals,
+            self.channel_ids,
+            hook,
+            hook_name=str(self.settings.inventory.mapping.hook),
+            legal_entity=self.legal_entity,
+            quantity_field=self.quantity_field,
+        )
+        for total, reason in failed:
+            self.held_keys.add(state_key(total.sku, total.channel))
+            warehouse = self.warehouses.warehouse_label(total.channel)
+            self.tally(warehouse, "failed")
+            held = "its commercetools entry is left as it is"
+            self.lines.add(
+                ReportLine(
+                    total.sku,
+                    "failed",
+                    warehouse,
+                    total.channel,
+                    total.on_hand,
+                    detail=f"{reason}; {held}",
+                )
+            )
+            self.errors.add(
+                flow=FLOW,
+                business_key=total.business_key,
+                step="map",
+                error=f"{reason} (nightly reconciliation; {held})",
+                payload=total.payload(self.quantity_field),
+                correlation={
+                    "run": self.report_id,
+                    "legal_entity": self.legal_entity,
+                    "supply_channel": total.channel,
+                },
+            )
+
+    def is_held(self, sku: str, channel: str) -> bool:
+        return state_key(sku, channel) in self.held_keys
 
     # -- commercetools side -------------------------------------------------------------------
 
@@ -218,7 +305,9 @@ class _Run:
                     ops = []
         await self.apply(ops)
         missing = [
-            _Op(t.sku, t.channel, t.quantity, None, "created", t) for t in totals.unmatched()
+            _Op(t.sku, t.channel, t.quantity, None, "created", t)
+            for t in totals.unmatched()
+            if not self.is_held(t.sku, t.channel)
         ]
         for start in range(0, len(missing), BATCH):
             await self.apply(missing[start : start + BATCH])
@@ -229,6 +318,11 @@ class _Run:
         before = int(entry.get("quantityOnStock") or 0)
         total = totals.get(sku, channel)
         detail = None
+        if self.is_held(sku, channel) or (total is None and channel in self.held_channels):
+            if total is not None:
+                total.matched = True  # a partial total: neither correct nor create from it
+            self.tally(self.warehouses.warehouse_label(channel), "held")
+            return None
         if total is None:
             wanted, action = 0, "zeroed"  # commercetools sells what D365 no longer has
         else:
@@ -296,7 +390,7 @@ class _Run:
             return None, exc
 
     async def create(self, op: _Op) -> Resource:
-        draft = inventory_draft(op.sku, op.channel, self.channel_ids[op.channel], op.quantity)
+        draft = entry_draft(op.total, op.sku, op.channel, self.channel_ids, op.quantity)
         return await self.ct.create("inventory", draft)
 
     def counts(self, export: ExportResult, seconds: float, ct_calls: int) -> dict[str, Any]:
@@ -304,6 +398,9 @@ class _Run:
             "rows": self.rows,
             "ct_entries": self.ct_entries,
             "actions": self.actions,
+            # entries held out of this run because D365 rows for them were bad (see failed lines)
+            "held": sorted(self.held_keys),
+            "zeroing_suspended": sorted(self.held_channels),
             "warehouses": dict(sorted(self.by_warehouse.items())),
             "problems": self.problems,
             "export": {
@@ -316,13 +413,42 @@ class _Run:
         }
 
 
-def _definition(quantity_field: str) -> EntityDefinition:
-    """The on-hand entity as the package carries it, with the configured quantity field."""
-    if quantity_field in INVENTORY_ON_HAND_V2.fields:
-        return INVENTORY_ON_HAND_V2
-    return dataclasses.replace(
-        INVENTORY_ON_HAND_V2, fields=(*INVENTORY_ON_HAND_V2.fields, quantity_field)
-    )
+def on_hand_entity(
+    package: PackageReader, entity_set: str, quantity_field: str
+) -> tuple[str, EntityDefinition]:
+    """The package entity that carries on-hand, and the definition its rows are read with.
+
+    `[inventory] entity_set` names the on-hand entity for the reconciliation as for the delta
+    sync. An entity set d365ct knows (WarehousesOnHandV2) is found in the package by its DMF
+    label ("Inventory on-hand by warehouse V2"). Another one (the seed brief's InventOnHandV2)
+    has a label d365ct cannot know, so the export project must carry that entity alone; its
+    rows need ItemNumber and InventoryWarehouseId. The configured quantity field is read either
+    way.
+    """
+    wanted = entity_set.strip().casefold()
+    known = next((d for d in DEFINITIONS.values() if d.odata_name.casefold() == wanted), None)
+    if known is not None:
+        label = package.entity(known.label).label
+        definition = known
+    else:
+        entities = package.entities
+        if len(entities) != 1:
+            present = ", ".join(f"'{e.label}'" for e in entities) or "none"
+            raise PackageFormatError(
+                f"inventory.entity_set '{entity_set}' is not an entity d365ct knows the DMF "
+                f"label of, so the on-hand export project must carry that one entity alone; "
+                f"its package has {present}"
+            )
+        label = entities[0].label
+        definition = EntityDefinition(
+            label=label,
+            odata_name=entity_set,
+            fields=("dataAreaId", *on_hand_fields(quantity_field)),
+            keys=(ITEM_FIELD, WAREHOUSE_FIELD),
+        )
+    if quantity_field not in definition.fields:
+        definition = dataclasses.replace(definition, fields=(*definition.fields, quantity_field))
+    return label, definition
 
 
 async def _export(
@@ -349,6 +475,7 @@ async def _reconcile_one(
     jobs: PackageJobs,
     reports: ReportStore,
     state: InventoryState,
+    errors: ErrorQueue,
     legal_entity: str,
     started: datetime,
     status: StatusCallback,
@@ -361,13 +488,14 @@ async def _reconcile_one(
     export = await _export(jobs, settings, legal_entity, wid)
     reports.create(wid, flow=FLOW, legal_entity=legal_entity, started_at=started)
     with reports.writer(wid) as lines:
-        run = _Run(settings, ct, state, lines, legal_entity)
+        run = _Run(settings, ct, state, lines, legal_entity, errors, wid)
         try:
             channels = run.warehouses.channels(legal_entity)
             run.channel_ids, run.problems = await resolve_channels(ct, channels)
             assert export.package_path is not None
             status(legal_entity, "reading the exported package")
             totals = await asyncio.to_thread(run.read_package, Path(export.package_path))
+            run.apply_hook(totals)
             status(legal_entity, f"comparing {len(totals):,} D365 entries with commercetools")
             await run.compare(totals)
         except D365ctError as exc:
@@ -407,6 +535,7 @@ async def reconcile_inventory(
     entities = legal_entities_to_run(settings, legal_entity)
     reports = ReportStore(engine, clock=clock)
     state = InventoryState(engine, clock=clock)
+    errors = ErrorQueue(engine, clock=clock)
     results: list[ReconcileResult] = []
 
     def quiet(_le: str, _message: str) -> None:
@@ -418,7 +547,15 @@ async def reconcile_inventory(
             try:
                 results.append(
                     await _reconcile_one(
-                        settings, io_, jobs, reports, state, entity, started, status or quiet
+                        settings,
+                        io_,
+                        jobs,
+                        reports,
+                        state,
+                        errors,
+                        entity,
+                        started,
+                        status or quiet,
                     )
                 )
             except D365ctError as exc:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +17,7 @@ from d365ct.commercetools import CommercetoolsClient, CommercetoolsError
 from d365ct.config import Settings
 from d365ct.d365.odata import ODataReader
 from d365ct.errors import PermanentError, TransientError
-from d365ct.mapping.catalog import product_type_draft
+from d365ct.mapping.catalog import CatalogOptions, product_type_draft
 from d365ct.mapping.prices import customer_group_key
 from d365ct.runtime import adapters
 
@@ -62,8 +62,10 @@ class SetupReport:
         }
 
 
-async def _product_type(ct: CommercetoolsClient, key: str, report: SetupReport) -> None:
-    desired = product_type_draft(key)
+async def _product_type(
+    ct: CommercetoolsClient, key: str, extra_attributes: Sequence[str], report: SetupReport
+) -> None:
+    desired = product_type_draft(key, extra_attributes)
     try:
         current = await ct.get_by_key("product-types", key)
         if current is None:
@@ -210,7 +212,9 @@ async def run_setup(
     async with adapters(settings, event_hooks=event_hooks) as ad:
         ct = ad.commercetools("catalog")
         try:
-            await _product_type(ct, settings.catalog.product_type, report)
+            # the attributes [catalog.mapping] sets must exist before a product can carry them
+            extra = CatalogOptions.from_settings(settings.catalog).custom_attributes
+            await _product_type(ct, settings.catalog.product_type, extra, report)
             await _channels(ct, settings, report)
             try:
                 groups = await _d365_customer_groups(ad.odata, settings)

@@ -10,12 +10,15 @@ import itertools
 import json
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from d365ct.config import CatalogSettings
+from d365ct.config import CatalogSettings, FieldSource
 from d365ct.mapping.skus import variant_sku
+
+# (the default draft, the D365 source row) → the draft to use; see d365ct.hooks
+ProductHook = Callable[[dict[str, Any], Mapping[str, Any]], dict[str, Any]]
 
 __all__ = [
     "DIMENSION_ATTRIBUTES",
@@ -26,6 +29,7 @@ __all__ = [
     "VARIANT_FIELDS",
     "CatalogMappingError",
     "CatalogOptions",
+    "ProductHook",
     "ProductPlan",
     "Variant",
     "content_hash",
@@ -35,6 +39,7 @@ __all__ = [
     "product_type_attributes",
     "product_type_draft",
     "slugify",
+    "source_value",
     "translations_by_product",
     "variant_of",
 ]
@@ -87,6 +92,14 @@ class CatalogOptions:
     variant_limit: int = 100
     publish: bool = True
     languages: tuple[tuple[str, str], ...] = (("en-us", "en"), ("de", "de"))
+    # overrides ([catalog.mapping]): applied to the default draft, declarative first, then hook
+    name_field: str | None = None
+    slug_field: str | None = None
+    attributes: tuple[tuple[str, FieldSource], ...] = ()
+    extra_fields: tuple[str, ...] = ()
+    hook: ProductHook | None = None
+    hook_name: str = ""  # how error texts name the hook: its package.module:function
+    hook_attributes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.variant_limit < 1:
@@ -95,13 +108,41 @@ class CatalogOptions:
             raise ValueError("languages must map at least one D365 language to a locale")
 
     @classmethod
-    def from_settings(cls, settings: CatalogSettings) -> CatalogOptions:
+    def from_settings(
+        cls, settings: CatalogSettings, hook: ProductHook | None = None
+    ) -> CatalogOptions:
+        """The options of the settings; `hook` is the loaded catalog.mapping.hook (load_hook)."""
+        mapping = settings.mapping
         return cls(
             product_type=settings.product_type,
             variant_limit=settings.variant_limit,
             publish=settings.publish,
             languages=tuple((lang.lower(), locale) for lang, locale in settings.languages.items()),
+            name_field=mapping.name_field,
+            slug_field=mapping.slug_field,
+            attributes=tuple(
+                (name, FieldSource(field=source) if isinstance(source, str) else source)
+                for name, source in mapping.attributes.items()
+            ),
+            extra_fields=mapping.fields,
+            hook=hook,
+            hook_name=mapping.hook or "",
+            hook_attributes=mapping.hook_attributes,
         )
+
+    @property
+    def product_fields(self) -> tuple[str, ...]:
+        """The ReleasedProductsV2 fields to read ($select): the defaults and what overrides use."""
+        wanted = [*PRODUCT_FIELDS, self.name_field, self.slug_field]
+        wanted += [source.field for _, source in self.attributes]
+        wanted += self.extra_fields
+        return tuple(dict.fromkeys(f for f in wanted if f))
+
+    @property
+    def custom_attributes(self) -> tuple[str, ...]:
+        """Attribute names the overrides and the hook add: the product type must define them."""
+        names = [name for name, _ in self.attributes] + list(self.hook_attributes)
+        return tuple(n for n in dict.fromkeys(names) if n not in _ATTRIBUTE_LABELS)
 
     @property
     def default_locale(self) -> str:
@@ -192,15 +233,70 @@ def _slug(name: str, item: str, part: int) -> str:
     return slug if len(slug) >= 2 else f"p-{slug}"
 
 
-def _attributes(item: str, variant: Variant | None) -> list[dict[str, str]]:
-    attributes = [{"name": ITEM_ATTRIBUTE, "value": item}]
+def _attributes(
+    item: str, variant: Variant | None, overrides: Mapping[str, str | None]
+) -> list[dict[str, str]]:
+    values: dict[str, str | None] = {ITEM_ATTRIBUTE: item}
     if variant is not None:
         for (_, name), value in zip(DIMENSION_ATTRIBUTES, variant.dimensions, strict=True):
             if value:
-                attributes.append({"name": name, "value": value})
+                values[name] = value
         if variant.variant_number:
-            attributes.append({"name": VARIANT_ATTRIBUTE, "value": variant.variant_number})
-    return attributes
+            values[VARIANT_ATTRIBUTE] = variant.variant_number
+    values.update(overrides)  # a configured attribute replaces a default one of that name
+    return [{"name": name, "value": value} for name, value in values.items() if value]
+
+
+def source_value(row: Mapping[str, Any], source: FieldSource) -> str | None:
+    """The value a declarative override takes from a D365 row: a constant, or the field's text
+    (looked up in `lookup` when listed there, `default` when empty, None: left out)."""
+    if source.value is not None:
+        return source.value
+    assert source.field is not None  # FieldSource holds exactly one of field and value
+    text = _text(row.get(source.field))
+    if not text:
+        return source.default
+    return source.lookup.get(text, text)
+
+
+def _hooked(
+    draft: dict[str, Any], product: Mapping[str, Any], options: CatalogOptions
+) -> dict[str, Any]:
+    """The draft after the catalog hook, checked: a hook may change what the product says,
+    not which product it is (key) or which SKUs it holds (the split depends on them)."""
+    if options.hook is None:
+        return draft
+    key = draft["key"]
+    skus = [draft["masterVariant"]["sku"], *(v["sku"] for v in draft["variants"])]
+    try:
+        changed = options.hook(json.loads(json.dumps(draft)), dict(product))
+    except Exception as exc:  # any failure of user code fails this record, not the run
+        raise CatalogMappingError(
+            f"mapping hook {options.hook_name} failed for product {key}: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    if not isinstance(changed, dict):
+        raise CatalogMappingError(
+            f"mapping hook {options.hook_name} returned {type(changed).__name__} for product "
+            f"{key}, not a product draft (dict)"
+        )
+    try:
+        held = [changed["masterVariant"]["sku"], *(v["sku"] for v in changed.get("variants", []))]
+    except (KeyError, TypeError) as exc:
+        raise CatalogMappingError(
+            f"mapping hook {options.hook_name} returned a draft for product {key} without "
+            f"masterVariant/variants skus ({exc!r})"
+        ) from exc
+    if changed.get("key") != key or held != skus:
+        raise CatalogMappingError(
+            f"mapping hook {options.hook_name} changed the key or the SKUs of product {key}; "
+            "d365ct manages both (the variant split depends on them)"
+        )
+    if not isinstance(changed.get("name"), dict) or not changed["name"]:
+        raise CatalogMappingError(
+            f"mapping hook {options.hook_name} left product {key} without a name"
+        )
+    return changed
 
 
 def _names(
@@ -212,7 +308,7 @@ def _names(
     # the default locale (an edit there must reach commercetools); translations fill the rest.
     names: dict[str, str] = {}
     default = options.default_locale
-    product_name = _text(product.get("ProductName"))
+    product_name = _text(product.get(options.name_field or "ProductName"))
     for _, locale in options.languages:
         if locale in names:
             continue
@@ -259,6 +355,8 @@ def product_plans(
     if not item:
         raise CatalogMappingError("released product without ItemNumber")
     names = _names(product, translations, options)
+    slug_text = _text(product.get(options.slug_field)) if options.slug_field else ""
+    overrides = {name: source_value(product, source) for name, source in options.attributes}
     is_master = bool(variants) or _text(product.get("ProductSubType")) == "ProductMaster"
     if not is_master:
         chunks: list[list[Variant | None]] = [[None]]
@@ -281,7 +379,7 @@ def product_plans(
         drafted = [
             {
                 "sku": variant.sku if variant is not None else variant_sku(item),
-                "attributes": _attributes(item, variant),
+                "attributes": _attributes(item, variant, overrides),
             }
             for variant in chunk
         ]
@@ -290,22 +388,27 @@ def product_plans(
             "key": key,
             "productType": {"typeId": "product-type", "key": options.product_type},
             "name": names,
-            "slug": {locale: _slug(name, item, index) for locale, name in names.items()},
+            "slug": {
+                locale: _slug(slug_text or name, item, index) for locale, name in names.items()
+            },
             "masterVariant": drafted[0],
             "variants": drafted[1:],
             "publish": options.publish,
         }
+        draft = _hooked(draft, product, options)
         plans.append(ProductPlan(key, item, index, parts, draft, content_hash(draft, parts)))
     return plans
 
 
-def product_type_attributes() -> list[dict[str, Any]]:
-    """Attribute definitions of the product type: the dimensions and the D365 numbers, as text."""
+def product_type_attributes(extra: Iterable[str] = ()) -> list[dict[str, Any]]:
+    """Attribute definitions of the product type: the dimensions and the D365 numbers, and the
+    `extra` attributes the mapping overrides set, all as text."""
     names = [name for _, name in DIMENSION_ATTRIBUTES] + [ITEM_ATTRIBUTE, VARIANT_ATTRIBUTE]
+    names += [name for name in extra if name not in names]
     return [
         {
             "name": name,
-            "label": _ATTRIBUTE_LABELS[name],
+            "label": _ATTRIBUTE_LABELS.get(name, {"en": name}),
             "type": {"name": "text"},
             "isRequired": False,
             "attributeConstraint": "None",
@@ -316,10 +419,10 @@ def product_type_attributes() -> list[dict[str, Any]]:
     ]
 
 
-def product_type_draft(key: str) -> dict[str, Any]:
+def product_type_draft(key: str, extra_attributes: Iterable[str] = ()) -> dict[str, Any]:
     return {
         "key": key,
         "name": "D365 product",
         "description": "Released products of Dynamics 365 F&O, synced by d365ct",
-        "attributes": product_type_attributes(),
+        "attributes": product_type_attributes(extra_attributes),
     }

@@ -6,8 +6,9 @@ Pure: rows and the warehouse → channel map in; (sku, channel, integer quantity
 from __future__ import annotations
 
 import hashlib
+import json
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import ROUND_FLOOR, Decimal, InvalidOperation
 from typing import Any
@@ -18,12 +19,14 @@ from d365ct.mapping.skus import DIMENSION_FIELDS, variant_sku
 
 __all__ = [
     "DEFAULT_QUANTITY_FIELD",
+    "InventoryHook",
     "OnHandError",
     "StockRow",
     "StockTotal",
     "StockTotals",
     "WarehouseMap",
     "aggregate",
+    "apply_inventory_hook",
     "inventory_draft",
     "inventory_key",
     "map_on_hand",
@@ -39,6 +42,9 @@ SITE_FIELD = "InventorySiteId"
 WAREHOUSE_FIELD = "InventoryWarehouseId"
 
 _KEY = re.compile(r"^[A-Za-z0-9_-]{2,256}$")  # commercetools' pattern for resource keys
+
+# (the default InventoryEntryDraft, its D365 source) → the draft to use; see d365ct.hooks
+InventoryHook = Callable[[dict[str, Any], Mapping[str, Any]], dict[str, Any]]
 
 
 def on_hand_fields(quantity_field: str = DEFAULT_QUANTITY_FIELD) -> tuple[str, ...]:
@@ -249,9 +255,12 @@ class StockTotal:
     on_hand: Decimal
     rows: list[StockRow] = field(default_factory=list)
     matched: bool = False  # set by a reconciliation once a commercetools entry was found
+    draft: dict[str, Any] | None = None  # the entry as the inventory hook made it, if any
 
     @property
     def quantity(self) -> int:
+        if self.draft is not None:
+            return int(self.draft["quantityOnStock"])  # the hook's word (checked on the way in)
         # Summed exactly first, then floored: 0.5 + 0.5 at two sites is one unit, and a negative
         # row (over-reserved) lowers the channel's total rather than being ignored.
         return stock_quantity(self.on_hand)
@@ -301,6 +310,9 @@ class StockTotals:
 
     def get(self, sku: str, channel: str) -> StockTotal | None:
         return self._totals.get((sku, channel))
+
+    def discard(self, sku: str, channel: str) -> None:
+        self._totals.pop((sku, channel), None)
 
     def __contains__(self, key: object) -> bool:
         return key in self._totals
@@ -353,3 +365,69 @@ def inventory_draft(sku: str, channel: str, channel_id: str, quantity: int) -> d
         "supplyChannel": {"typeId": "channel", "id": channel_id},
         "quantityOnStock": quantity,
     }
+
+
+def apply_inventory_hook(
+    totals: StockTotals,
+    channel_ids: Mapping[str, str],
+    hook: InventoryHook,
+    *,
+    hook_name: str,
+    legal_entity: str,
+    quantity_field: str = DEFAULT_QUANTITY_FIELD,
+) -> list[tuple[StockTotal, str]]:
+    """Run the inventory hook on every total's default draft; keep the draft it returns.
+
+    The hook gets a copy of the default InventoryEntryDraft and the source: legal entity, sku,
+    supply channel key, warehouse(s), the exact D365 total and the rows behind it. It may change
+    quantityOnStock (a non-negative int: what is compared and written) and add fields a create
+    sends (restockableInDays, expectedDelivery, custom); sku, supplyChannel and key stay d365ct's.
+    A hook that raises or returns something else fails that total: it is taken out of `totals`
+    and returned with the reason, so the caller can queue it and leave its entry alone.
+    """
+    failed: list[tuple[StockTotal, str]] = []
+    for total in list(totals):
+        channel_id = channel_ids.get(total.channel)
+        if channel_id is None:
+            continue  # the channel is unusable; the caller fails these rows already
+        default = inventory_draft(
+            total.sku, total.channel, channel_id, stock_quantity(total.on_hand)
+        )
+        source = {
+            "legal_entity": legal_entity,
+            "sku": total.sku,
+            "supply_channel": total.channel,
+            "warehouse": total.warehouse,
+            "on_hand": total.on_hand,
+            "rows": [row.as_row(quantity_field) for row in total.rows],
+        }
+        reason = None
+        try:
+            changed = hook(json.loads(json.dumps(default)), source)
+        except Exception as exc:  # user code failing fails this entry, not the run
+            reason = f"{type(exc).__name__}: {exc}"
+        else:
+            reason = _draft_problem(changed, default)
+        if reason is not None:
+            totals.discard(total.sku, total.channel)
+            failed.append(
+                (
+                    total,
+                    f"mapping hook {hook_name} failed for {total.sku}@{total.channel}: {reason}",
+                )
+            )
+            continue
+        total.draft = changed
+    return failed
+
+
+def _draft_problem(changed: object, default: Mapping[str, Any]) -> str | None:
+    if not isinstance(changed, dict):
+        return f"returned {type(changed).__name__}, not an inventory entry draft (dict)"
+    for name in ("sku", "supplyChannel", "key"):
+        if changed.get(name) != default[name]:
+            return f"changed {name}, which d365ct manages"
+    quantity = changed.get("quantityOnStock")
+    if isinstance(quantity, bool) or not isinstance(quantity, int) or quantity < 0:
+        return f"quantityOnStock must be a non-negative int, not {quantity!r}"
+    return None

@@ -197,14 +197,20 @@ def _key_part(sku: str) -> str:
 class _Candidate:
     plan: PricePlan
     specificity: int  # dimensions the row names: a variant price beats the master's price
-    start: datetime | None
+    start: datetime | None  # the price's validity as drafted (None: open)
     end: datetime | None
+    # The row's own start date (None: 1900-01-01, "always"). It differs from `start` for an
+    # open-ended row that has already started: its draft drops validFrom, yet its priority
+    # must still follow the date D365 holds.
+    since: datetime | None = None
 
     @property
-    def rank(self) -> tuple[int, datetime, int]:
-        # Priority when two rows claim one scope: more specific, then later start, then newer.
-        start = self.start or datetime.min.replace(tzinfo=UTC)
-        return (self.specificity, start, self.plan.record_id)
+    def rank(self) -> tuple[int, datetime, int, str]:
+        """Priority when two rows claim one scope, highest first (D365's price search):
+        the most specific row, then the latest start date, then the newest record (RecordId),
+        then the key, so the outcome never depends on the order rows were read in."""
+        since = self.since or datetime.min.replace(tzinfo=UTC)
+        return (self.specificity, since, self.plan.record_id, self.plan.key)
 
 
 def price_plans(
@@ -225,6 +231,11 @@ def price_plans(
     commercetools refuses overlapping validity periods in one scope but lets a dated price (a sale)
     override an undated one. Rows already expired are skipped. Customer-specific, site- and
     warehouse-specific rows have no StandalonePrice scope and are skipped.
+
+    Priority, when rows claim one scope (same validity, or overlapping dated validity): the row
+    naming more dimensions wins, then the one with the latest start date as D365 holds it (an
+    open-ended row that started in 2024 beats one that started in 2020, although neither keeps
+    a validFrom), then the higher RecordId, then the key. The losers are skipped as superseded.
     """
     le = options.legal_entity.lower()
     rejected: list[RejectedRow] = []
@@ -309,6 +320,7 @@ def _row_candidates(
         raise ValueError(f"valid from {first} is after valid to {last}")
     if end is not None and end < now:
         return [], ("expired", f"expired on {last}")
+    since = start
     if end is None and start is not None and start <= now:
         start = None  # the current open-ended price: no validity (see price_plans)
 
@@ -347,5 +359,5 @@ def _row_candidates(
         draft["active"] = True  # the API defaults to true, the mock to false: say it
         state_key = f"{key}@{_digest(_scope(draft), 12)}"
         plan = PricePlan(state_key, key, sku, record_id, draft, _digest(draft), group)
-        made.append(_Candidate(plan, sum(1 for d in dims if d), start, end))
+        made.append(_Candidate(plan, sum(1 for d in dims if d), start, end, since))
     return made, None

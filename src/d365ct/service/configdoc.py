@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from d365ct import config as config_module
-from d365ct.config import CONCERNS, ENV_PREFIX, SecretRef, Settings
+from d365ct.config import CONCERNS, ENV_PREFIX, SecretRef, Settings, client_scopes
 
 __all__ = ["EXAMPLES", "EXTRA_HELP", "FieldDoc", "example_toml", "field_docs", "markdown"]
 
@@ -52,16 +52,15 @@ EXAMPLES: Final[dict[str, Any]] = {
     "intake.servicebus_connection": "env:D365CT_SERVICEBUS_CONNECTION",
     "intake.servicebus_queue": "commercetools-events",
     "service.token": "env:D365CT_API_TOKEN",
+    "catalog.mapping.name_field": "SearchName",
+    "catalog.mapping.slug_field": "ItemNumber",
+    "catalog.mapping.hook": "d365ct.mapping.examples:describe_with_search_name",
+    "inventory.mapping.hook": "d365ct.mapping.examples:hold_back_safety_stock",
 }
 # Keys written active (not commented out) although they have a default: secure by default means
 # an example that configures its tokens.
 ACTIVE: Final = frozenset({"d365.tenant_id", "d365.client_secret", "intake.token", "service.token"})
-_SCOPES: Final = {
-    "catalog": ["manage_products:acme", "manage_standalone_prices:acme"],
-    "inventory": ["manage_inventory:acme", "view_channels:acme"],
-    "orders": ["manage_orders:acme"],
-    "customers": ["manage_customers:acme"],
-}
+_SCOPES: Final = {concern: client_scopes(concern, "acme") for concern in CONCERNS}
 # Help beside the source comments (which come first): for keys that have none, or whose comment
 # is a group heading. A test checks every key is documented and no entry here is stale.
 EXTRA_HELP: Final[dict[str, str]] = {
@@ -367,6 +366,8 @@ def _table_lines(
                     nested.append(
                         _table_lines(sub, f"{key}.{c}", f"[{key}.{c}]", comments, concern=c)
                     )
+            elif shape == "table":  # a sub-section such as [catalog.mapping]
+                nested.append(_table_lines(sub, key, f"[{key}]", comments, concern))
             continue
         doc_key = key if concern is None else key.replace(f".{concern}.", ".*.")
         text = _help(comments, cls, doc_key, name)
