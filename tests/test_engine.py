@@ -25,6 +25,7 @@ from dbos import DBOS, SetWorkflowID
 
 from d365ct.engine import (
     IMPORT_QUEUE,
+    command_version,
     dbos_system_url,
     enqueue_import,
     enqueue_import_async,
@@ -183,6 +184,22 @@ def test_launch_and_shutdown_are_repeatable(tmp_path: Path) -> None:
         shutdown_engine()
     with pytest.raises(ValueError, match="at least 1"):
         launch_engine(url, import_concurrency=0)
+
+
+def test_a_command_keeps_apart_from_the_service_version(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'versions.sqlite'}"
+    try:
+        launch_engine(url, polling_interval_sec=POLL)
+        service = DBOS.application_version
+        launch_engine(url, polling_interval_sec=POLL, command=True)
+        # Its own version: it neither dequeues nor recovers the service's workflows ...
+        assert DBOS.application_version == command_version() != service
+        # ... and schedule ticks keep going to the service's version.
+        assert DBOS.get_latest_application_version()["version_name"] == service
+        with SetWorkflowID(_id("command")):
+            assert counted("k") == "done k"
+    finally:
+        shutdown_engine()
 
 
 # -- (1) idempotent start by workflow id ----------------------------------------------------------

@@ -5,6 +5,8 @@ Launch it once per process with ``launch_engine``; D365 imports go through ``enq
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 from collections.abc import Callable, Coroutine
 from importlib import import_module
 from typing import Any, Final, TypeVar
@@ -26,6 +28,7 @@ __all__ = [
     "IMPORT_QUEUE",
     "IMPORT_QUEUE_NAME",
     "WORKFLOW_MODULES",
+    "command_version",
     "dbos_system_url",
     "enqueue_import",
     "enqueue_import_async",
@@ -59,9 +62,7 @@ def dbos_system_url(store_url: str | sa.URL) -> str:
 
 
 # Modules whose @DBOS.workflow functions every process registers before launch: DBOS recovers
-# only workflows it knows, and derives the application version from the registered workflows'
-# source, so a one-off CLI command and the service must register the same set to share a
-# version (DBOS hands schedule ticks and recovery to the latest version only). Flows add theirs.
+# only workflows it knows. Flows add theirs.
 WORKFLOW_MODULES: Final = (
     "d365ct.flows.dmf_jobs",
     "d365ct.flows.orders",
@@ -70,9 +71,36 @@ WORKFLOW_MODULES: Final = (
 )
 
 
+def command_version() -> str:
+    """The application version of one-off commands: the hash of the workflow modules' source
+    (so a new release is a new version), marked apart from the service's own.
+
+    DBOS dequeues and recovers only workflows of a process's own version. A command (`orders
+    process`, `reconcile inventory`, `errors replay`) therefore runs only the imports it
+    enqueued itself and recovers only what an earlier command left, never a schedule tick or
+    an in-flight workflow of a running service on the same database."""
+    digest = hashlib.sha256()
+    for module in WORKFLOW_MODULES:
+        digest.update(inspect.getsource(import_module(module)).encode())
+    return f"command-{digest.hexdigest()[:16]}"
+
+
+def _hand_back_latest_version() -> None:
+    """Registering a new version makes it DBOS's latest, to which schedule ticks go: a command
+    gives that back to the newest service version, if one ever ran here."""
+    versions = DBOS.list_application_versions()  # newest first
+    if not versions or versions[0]["version_name"] != DBOS.application_version:
+        return
+    for version in versions[1:]:
+        if not version["version_name"].startswith("command-"):
+            DBOS.set_latest_application_version(version["version_name"])
+            return
+
+
 def launch_engine(
     store_url: str,
     *,
+    command: bool = False,
     name: str = "d365ct",
     executor_id: str | None = None,
     application_version: str | None = None,
@@ -114,10 +142,16 @@ def launch_engine(
     }
     if executor_id is not None:
         config["executor_id"] = executor_id
+    if command:
+        application_version = application_version or command_version()
     if application_version is not None:
         config["application_version"] = application_version
     DBOS(config=config)
+    if command:  # only its own imports; schedule queues are the service's
+        DBOS.listen_queues([IMPORT_QUEUE_NAME])
     DBOS.launch()
+    if command:
+        _hand_back_latest_version()
     # always_update: the configured limit is deployment configuration, so the last worker
     # to start with it wins (the default would let an older app version keep its own).
     DBOS.register_queue(

@@ -289,6 +289,7 @@ def replay_errors(
             try:
                 launch_engine(
                     settings.store.url,
+                    command=True,
                     import_concurrency=settings.d365.import_concurrency_per_legal_entity,
                 )
                 launched = True

@@ -271,7 +271,7 @@ def reconcile_inventory_command(
         # DBOS narrates its start and stop at INFO; on a command line the progress says enough
         logging.getLogger("dbos").setLevel(logging.WARNING)
         try:
-            launch_engine(settings.store.url)
+            launch_engine(settings.store.url, command=True)
         except Exception as exc:  # DBOS raises plain exceptions on a bad database
             _fail(command, f"cannot start the workflow engine: {exc}")
         try:

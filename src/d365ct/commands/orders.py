@@ -102,7 +102,11 @@ def process(
     flows = commerce_flows(settings, engine)  # before the launch, so DBOS can recover batches
     logging.getLogger("dbos").setLevel(logging.WARNING)
     try:
-        launch_engine(url, import_concurrency=settings.d365.import_concurrency_per_legal_entity)
+        launch_engine(
+            url,
+            command=True,
+            import_concurrency=settings.d365.import_concurrency_per_legal_entity,
+        )
     except Exception as exc:  # DBOS raises plain exceptions on a bad database
         _fail(f"cannot start the workflow engine: {exc}")
     inbox = Inbox(engine)
