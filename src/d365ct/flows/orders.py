@@ -85,6 +85,7 @@ __all__ = [
     "post_order_messages",
     "post_orders",
     "process_inbox",
+    "wired_flows",
 ]
 
 FLOW: Final = "orders"
@@ -393,6 +394,15 @@ def commerce_flows(
         held.settings, held.engine, held.jobs = settings, engine, jobs
     _FLOWS["commerce"] = held
     return held
+
+
+def wired_flows(settings: Settings) -> CommerceFlows:
+    """The instances already wired to these settings (a running service's, with their open
+    clients), or new ones: replays from the dashboard must not re-point the service's flows."""
+    held = _FLOWS.get("commerce")
+    if held is not None and held.settings == settings:
+        return held
+    return commerce_flows(settings)
 
 
 async def close_clients() -> None:

@@ -127,16 +127,16 @@ async def replay_entries(
 
 
 async def _replay_orders(settings: Settings, entry: ErrorEntry) -> tuple[bool, str]:
-    from d365ct.flows.orders import commerce_flows, replay_order
+    from d365ct.flows.orders import replay_order, wired_flows
 
-    return await replay_order(commerce_flows(settings), entry.id)
+    return await replay_order(wired_flows(settings), entry.id)
 
 
 async def _replay_customers(settings: Settings, entry: ErrorEntry) -> tuple[bool, str]:
     from d365ct.flows.customers import replay_customer
-    from d365ct.flows.orders import commerce_flows
+    from d365ct.flows.orders import wired_flows
 
-    return await replay_customer(commerce_flows(settings).customers, entry.id)
+    return await replay_customer(wired_flows(settings).customers, entry.id)
 
 
 async def _replay_intake(settings: Settings, entry: ErrorEntry) -> tuple[bool, str]:
