@@ -45,7 +45,9 @@ def test_defaults_schedule_every_configured_flow(tmp_path: Path) -> None:
         "reconcile": "0 2 * * *",
     }
     assert schedules["inventory"].workflow is scheduled.scheduled_inventory_sync
-    assert schedules["reconcile"].queue == "d365ct-scheduled-reconcile"
+    # The reconciliation never overlaps an inventory sync, nor prices the catalog sync.
+    assert schedules["reconcile"].queue == schedules["inventory"].queue
+    assert schedules["prices"].queue == schedules["catalog"].queue != schedules["inventory"].queue
 
 
 def test_empty_cron_turns_a_schedule_off_and_missing_configuration_leaves_it_out(

@@ -42,10 +42,21 @@ FLOWS: Final = {
 }
 
 
+# Flows that write the same commercetools resources share a queue: a reconciliation must not
+# overlap an inventory delta sync (it would set back what the sync wrote after its export), and
+# prices follow the catalog whose products they price.
+_QUEUE_OF: Final = {
+    "catalog": "catalog",
+    "prices": "catalog",
+    "inventory": "inventory",
+    "reconcile": "inventory",
+}
+
+
 def queue_name(flow: str) -> str:
-    """Each flow's ticks go through its own queue, one run at a time across all workers: a
-    sync slower than its interval is followed by the next tick, never overlapped by it."""
-    return f"d365ct-scheduled-{flow}"
+    """The queue of a flow's ticks, run one at a time across all workers: a sync slower than
+    its interval is followed by the next tick, never overlapped by it or by its queue mates."""
+    return f"d365ct-scheduled-{_QUEUE_OF[flow]}"
 
 
 @dataclass

@@ -16,10 +16,11 @@ system database. DBOS derives each run's workflow id from the schedule name and 
 with several workers each tick runs once, and a tick missed while every worker was down is not
 replayed (``automatic_backfill`` off: a delta sync catches up by itself). ``schedules_for``
 builds them from ``[catalog] schedule``, ``[prices] schedule``, ``[inventory] schedule`` and
-``reconcile_schedule``; schedules this process no longer has are deleted. Each flow's ticks run
-through its own queue, one at a time across workers. DBOS enqueues a tick for the *latest*
-registered application version only, and a one-off CLI command launching the engine on the same
-database registers its own; so the service re-asserts its version as the latest while idle.
+``reconcile_schedule``; schedules this process no longer has are deleted. Ticks run through a
+queue per group (catalog and prices; inventory and its reconciliation), one at a time across
+workers. DBOS enqueues a tick for the *latest* registered application version only; one-off
+commands run under a version of their own (``d365ct.engine.command_version``) and hand "latest"
+back, and the service re-asserts its version as the latest while idle.
 """
 
 from __future__ import annotations
