@@ -256,7 +256,7 @@ async def test_bad_d365_rows_are_queued_and_their_entries_left_untouched(
     assert counts["actions"]["failed"] == 2
     assert counts["actions"]["held"] == 2  # the unreadable entry and GHOST-1
     assert counts["actions"]["zeroed"] == 0 and counts["actions"]["corrected"] == 1
-    assert counts["held"] == [f"{unreadable[0]}@usmf-11"]
+    assert counts["held"] == [f"{unreadable[0]}@usmf-11"] and counts["held_total"] == 1
     assert counts["zeroing_suspended"] == ["usmf-12"]
     lines = ReportStore(env.engine).lines(usmf.report_id, action="failed")
     assert sorted((line.sku, line.supply_channel) for line in lines) == [

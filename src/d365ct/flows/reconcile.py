@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import sqlalchemy as sa
 from dbos import SetWorkflowID
@@ -93,6 +93,9 @@ def package_jobs(settings: Settings) -> PackageJobs:
     return jobs
 
 
+MAX_HELD_LISTED: Final = 100  # held entries named in a report; the failed lines name them all
+
+
 def workflow_id(legal_entity: str, started: datetime) -> str:
     """The export workflow's id and the report's: one per legal entity and start time."""
     stamp = (
@@ -149,7 +152,8 @@ class _Run:
         self.quantity_field = settings.inventory.quantity_field
         # What bad D365 rows make unknowable: entries (sku@channel) whose rows failed, and
         # channels with a row that names no item (it could belong to any of their entries).
-        # Neither is corrected, created nor zeroed: a bad row is no evidence of zero stock.
+        # A held entry is neither corrected, created nor zeroed; in a held channel no entry is
+        # zeroed (its other entries are still corrected): a bad row is no evidence of zero stock.
         self.held_keys: set[str] = set()
         self.held_channels: set[str] = set()
         self.actions = dict.fromkeys(ACTIONS, 0)
@@ -399,7 +403,8 @@ class _Run:
             "ct_entries": self.ct_entries,
             "actions": self.actions,
             # entries held out of this run because D365 rows for them were bad (see failed lines)
-            "held": sorted(self.held_keys),
+            "held": sorted(self.held_keys)[:MAX_HELD_LISTED],
+            "held_total": len(self.held_keys),
             "zeroing_suspended": sorted(self.held_channels),
             "warehouses": dict(sorted(self.by_warehouse.items())),
             "problems": self.problems,
@@ -521,8 +526,13 @@ async def reconcile_inventory(
     io: Adapters | None = None,
     status: StatusCallback | None = None,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    started_at: datetime | None = None,
 ) -> list[ReconcileResult]:
     """Reconcile each legal entity's stock (all configured, or one) and report it (C14).
+
+    `started_at` fixes the run's start (default: the clock when each legal entity begins); a
+    scheduled run passes its tick, so that a run recovery repeats finds the same export
+    workflow and report ids.
 
     Needs a launched engine (launch_engine) with `jobs` registered: the on-hand export is the
     durable workflow PackageJobs.export_project, id "reconcile-inventory-<le>-<timestamp>",
@@ -543,7 +553,7 @@ async def reconcile_inventory(
 
     async def go(io_: Adapters) -> None:
         for entity in entities:
-            started = clock()
+            started = started_at or clock()
             try:
                 results.append(
                     await _reconcile_one(

@@ -180,5 +180,7 @@ async def scheduled_inventory_reconciliation(
     from d365ct.flows.reconcile import reconcile_inventory
 
     wiring = configured()
-    results = await reconcile_inventory(wiring.settings, wiring.engine, wiring.reconcile_jobs)
+    results = await reconcile_inventory(
+        wiring.settings, wiring.engine, wiring.reconcile_jobs, started_at=scheduled_at
+    )
     return _done("reconcile", scheduled_at, {"reports": [r.as_dict() for r in results]})
