@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from d365ct.check import run_checks, sas_validity_seconds
+from d365ct.flows.setup import run_setup
 from tests.ct_fixtures import CtMock
 from tests.flows.support import SECRET_ENV, full_settings
 from tests.sim_fixtures import RunningSim
@@ -36,6 +37,15 @@ async def test_everything_answers(
     assert results["commercetools inventory client"][0] == "ok"
     assert results["supply channels"] == ("ok", "5 found")
     assert results["intake.token"][0] == "warn"
+    # What d365ct setup creates is missing until it runs, and named.
+    assert results["product type d365-product"] == ("fail", "missing: run d365ct setup")
+    assert results["order custom type d365ct-order"][0] == "fail"
+    await run_setup(settings)
+    after = by_name(await run_checks(settings))
+    assert after["product type d365-product"] == ("ok", "exists")
+    assert after["order custom type d365ct-order"] == ("ok", "exists")
+    assert after["order state d365-pending"] == ("ok", "exists")
+    assert after["customer custom type d365ct-customer"] == ("ok", "exists")
     assert all(sim.config.client_secret not in detail for _, detail in results.values())
 
 

@@ -164,6 +164,44 @@ async def check_commercetools(ctx: Adapters) -> list[CheckResult]:
             status: Status = "fail" if missing else "ok"
             detail = f"missing {missing}: run d365ct setup" if missing else f"{len(keys)} found"
             results.append(CheckResult("supply channels", status, detail))
+    results += await _check_setup_resources(ctx)
+    return results
+
+
+def _setup_resources(settings: Settings) -> list[tuple[str, str, str, str]]:
+    """What `d365ct setup` creates and the flows need, as (client, resource, key, what), for
+    the concerns that are configured."""
+    from d365ct.mapping.customers import CUSTOMER_TYPE_KEY
+    from d365ct.mapping.orders import ORDER_TYPE_KEY, PENDING_STATE
+
+    clients = settings.commercetools.clients if settings.commercetools else {}
+    wanted: list[tuple[str, str, str, str]] = []
+    if "catalog" in clients:
+        wanted.append(("catalog", "product-types", settings.catalog.product_type, "product type"))
+    if "orders" in clients:
+        wanted += [
+            ("orders", "types", ORDER_TYPE_KEY, "order custom type"),
+            ("orders", "states", PENDING_STATE, "order state"),
+            ("orders", "states", settings.orders.posted_state, "order state"),
+        ]
+    if "customers" in clients:
+        wanted.append(("customers", "types", CUSTOMER_TYPE_KEY, "customer custom type"))
+    return wanted
+
+
+async def _check_setup_resources(ctx: Adapters) -> list[CheckResult]:
+    results: list[CheckResult] = []
+    for concern, resource, key, what in _setup_resources(ctx.settings):
+        name = f"{what} {key}"
+        try:
+            found = await ctx.commercetools(concern).get_by_key(resource, key)
+        except D365ctError as exc:
+            results.append(CheckResult(name, "fail", str(exc)))
+            continue
+        if found is None:
+            results.append(CheckResult(name, "fail", "missing: run d365ct setup"))
+        else:
+            results.append(CheckResult(name, "ok", "exists"))
     return results
 
 

@@ -14,7 +14,7 @@ from d365ct.service.health import ReadinessProbe
 from d365ct.service.logging import Redactor
 from tests.flows.support import SECRET_ENV as SIM_SECRET_ENV
 from tests.flows.support import sim_settings
-from tests.service.conftest import FakeReadiness, make_settings
+from tests.service.conftest import TOKEN, FakeReadiness, make_settings
 from tests.sim_fixtures import RunningSim
 
 
@@ -24,10 +24,15 @@ def test_healthz_asks_nothing(anon: TestClient, readiness: FakeReadiness) -> Non
     assert readiness.calls == 0
 
 
-def test_ready_when_every_dependency_is(anon: TestClient) -> None:
+def test_ready_when_every_dependency_is(anon: TestClient, api: TestClient) -> None:
     response = anon.get("/readyz")
     assert response.status_code == 200
+    # Anonymous probes learn only what is ready; details need the service token.
     assert response.json() == {
+        "status": "ready",
+        "checks": {"database": {"ok": True}, "d365_token": {"ok": True}},
+    }
+    assert api.get("/readyz").json() == {
         "status": "ready",
         "checks": {
             "database": {"ok": True, "detail": "database fine"},
@@ -36,9 +41,12 @@ def test_ready_when_every_dependency_is(anon: TestClient) -> None:
     }
 
 
-def test_not_ready_names_the_dependency(anon: TestClient, readiness: FakeReadiness) -> None:
+def test_not_ready_names_the_dependency(
+    anon: TestClient, api: TestClient, readiness: FakeReadiness
+) -> None:
     readiness.failing["d365_token"] = "token endpoint answered 401: invalid_client"
-    response = anon.get("/readyz")
+    assert anon.get("/readyz").json()["checks"]["d365_token"] == {"ok": False}
+    response = api.get("/readyz")
     assert response.status_code == 503
     body = response.json()
     assert body["status"] == "not ready"
@@ -116,8 +124,9 @@ def test_readyz_asks_the_real_dependencies(
         },
     )
     app = create_app(settings, store_engine=store_engine)
+    token = {"Authorization": f"Bearer {TOKEN}"}
     with TestClient(app) as client:
-        response = client.get("/readyz")
+        response = client.get("/readyz", headers=token)
     assert response.status_code == 503
     body = response.json()
     assert body["status"] == "not ready"

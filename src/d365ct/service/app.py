@@ -174,15 +174,19 @@ def create_app(
         return {"status": "ok"}
 
     @app.get("/readyz", tags=["health"])
-    async def readyz() -> JSONResponse:
-        """The store answers and tokens can be had; 503 with each dependency's detail if not."""
+    async def readyz(request: Request) -> JSONResponse:
+        """The store answers and tokens can be had; 503 if not. Each check's detail (client
+        ids, why a host is unreachable) only with the service token: probes need no more."""
         if state.probe is None:  # served without lifespan: nothing checked, so not ready
             return JSONResponse({"status": "starting", "checks": {}}, status_code=503)
         results = await state.probe.results()
         ready = all(r.ok for r in results.values())
+        detailed = auth.authenticated(request)
         body = {
             "status": "ready" if ready else "not ready",
-            "checks": {name: r.as_dict() for name, r in results.items()},
+            "checks": {
+                name: r.as_dict() if detailed else {"ok": r.ok} for name, r in results.items()
+            },
         }
         return JSONResponse(body, status_code=200 if ready else 503)
 

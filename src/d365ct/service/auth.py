@@ -123,6 +123,15 @@ class Auth:
         host = request.headers.get("host", "")
         return urlsplit(source).netloc == host
 
+    def authenticated(self, request: Request) -> bool:
+        """A valid bearer token or session, without refusing anything (for public endpoints
+        that tell an operator more than an anonymous caller)."""
+        return (
+            self.disabled
+            or self.bearer_valid(request)
+            or self.session_valid(request.cookies.get(COOKIE_NAME))
+        )
+
     # -- FastAPI dependencies --------------------------------------------------------------
 
     def require_api(self, request: Request) -> None:

@@ -78,7 +78,7 @@ STEP_SECONDS: Final = Histogram(
 )
 HTTP_RETRIES: Final = Counter(
     "d365ct_http_retries",
-    "HTTP requests retried, by target (d365, commercetools, blob) and reason "
+    "HTTP requests retried, by target (d365, commercetools) and reason "
     '(429, 5xx status, timeout, connect); reason="429" counts throttling.',
     ["target", "reason"],
     registry=None,
