@@ -5,6 +5,7 @@ the real peers in tests/flows/test_orders.py and through the service in test_ser
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -33,6 +34,15 @@ class FakeRounds:
         await asyncio.sleep(self.seconds)
         self.finished += 1
         return ProcessSummary(rounds=1 if self.finished <= self.busy_rounds else 0)
+
+
+async def _until(condition: Callable[[], bool], seconds: float = 10.0) -> None:
+    """Wait for `condition` (a loaded machine may pause the loop): fail after `seconds`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while not condition():
+        assert loop.time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
 
 
 @pytest.fixture
@@ -67,8 +77,8 @@ async def test_idle_rounds_poll_and_call_the_idle_hook(
 
     proc = InboxProcessor(object(), object(), idle_seconds=0.05, on_idle=on_idle)  # type: ignore[arg-type]
     async with proc.running():
-        await asyncio.sleep(0.3)
-    assert len(rounds.calls) >= 3 and len(idle) >= 3 and proc.stats.rounds == 0
+        await _until(lambda: len(rounds.calls) >= 3 and len(idle) >= 3)
+    assert proc.stats.rounds == 0
 
 
 async def test_a_round_longer_than_the_stop_timeout_is_cancelled(
@@ -92,7 +102,7 @@ async def test_a_failed_round_is_retried(
     monkeypatch.setattr(orders, "process_inbox", rounds)
     proc = InboxProcessor(object(), object(), idle_seconds=0.05)  # type: ignore[arg-type]
     async with proc.running():
-        await asyncio.sleep(0.3)
+        await _until(lambda: proc.stats.rounds >= 1)
     assert proc.stats.failed_rounds == 1 and "store unreachable" in str(proc.stats.last_error)
     assert proc.stats.rounds == 1
 
