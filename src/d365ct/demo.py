@@ -411,13 +411,18 @@ def _show_step(echo: Callable[[str], Any]) -> Callable[[StepResult], None]:
     return show
 
 
-def _wait_for_interrupt(service: Service) -> None:
+def _wait_for_interrupt(service: Service) -> int:
+    """Serve until Ctrl-C or SIGTERM (0), or until the service dies by itself (its exit code,
+    never 0: a dead service is not a demo that ran)."""
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with contextlib.suppress(KeyboardInterrupt):
         while not stop.wait(1.0):
-            if service.process.poll() is not None:
-                return
+            code = service.process.poll()
+            if code is not None:
+                print(f"demo: the service stopped by itself (exit code {code})", file=sys.stderr)
+                return code or 1
+    return 0
 
 
 def run_demo(
@@ -465,8 +470,7 @@ def run_demo(
                     echo(f"    {number}: bad on purpose: {why}")
                 if not exit_when_settled:
                     echo("Explore: the dashboard, the API and the peers stay up until Ctrl-C.")
-                    _wait_for_interrupt(service)
-                    return 0
+                    return _wait_for_interrupt(service)
                 engine = make_engine(settings.store.url)
                 try:
                     took = wait_settled(engine, front, SETTLE_SECONDS)

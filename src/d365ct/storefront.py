@@ -175,7 +175,8 @@ async def seed_storefront(settings: Settings, customers: int, orders: int) -> St
         variants = _variants(list(page.get("results", [])))
         if not variants:
             raise RuntimeError("the storefront found no products: run the catalog sync first")
-        if bad_kinds and await ct.get_by_key("products", "demo-no-such-sku") is None:
+        catalog = ad.commercetools("catalog")
+        if bad_kinds and await catalog.get_by_key("products", "demo-no-such-sku") is None:
             # A product someone created in commercetools by hand: D365 has no such item.
             await ad.commercetools("catalog").create(
                 "products",
