@@ -678,3 +678,49 @@ async def test_with_a_window_the_batch_waits_for_more_orders(env: CommerceEnv) -
     )
     assert late == ["accepted"] and len(claimed) == 2
     assert await collect_orders(windowed, env.inbox, "w", wait=True) == []  # nothing left
+
+
+@pytest.fixture
+def charge_env(
+    fresh_sim: RunningSim, ct_mock: CtMock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[CommerceEnv]:
+    yield from make_commerce_env(
+        fresh_sim,
+        ct_mock,
+        tmp_path,
+        monkeypatch,
+        orders={
+            "max_orders": 50,
+            "max_wait_seconds": 0,
+            "shipping_as": "charge",
+            "shipping_charge_code": "FREIGHT",
+        },
+    )
+
+
+async def test_shipping_posted_as_a_header_charge(charge_env: CommerceEnv) -> None:
+    env = charge_env
+    await seed_commercetools(env)
+    shipped = await import_order(env, [("D0001", 2, 1999)], order_number="WEB-3001")
+    free = await import_order(env, [("D0002", 1, 1000)], order_number="WEB-3002", shipping=False)
+    for order in (shipped, free):
+        assert env.deliver(order_created(env, order)) == "accepted"
+
+    summary = await process_inbox(env.flows, env.inbox, worker_id="test")
+
+    assert summary.counts()["orders_posted"] == 2, summary.as_dict()
+    headers, lines = env.order_in_d365("WEB-3001")
+    assert len(headers) == 1
+    assert [li["ItemNumber"] for li in lines] == ["D0001"]  # no shipping line
+    charges = env.sim_rows("SalesOrderHeaderChargesV2", "SalesOrderNumber eq 'WEB-3001'")
+    assert [
+        (c["dataAreaId"], c["SalesChargeCode"], c["ChargeCategory"], c["ChargeLineNumber"])
+        for c in charges
+    ] == [("usmf", "FREIGHT", "Fixed", 1)]
+    assert Decimal(str(charges[0]["FixedChargeAmount"])) == Decimal("5.00")
+    assert charges[0]["ChargeAccountingCurrencyCode"] == "USD"
+    # lines plus charges are the commercetools total: the ledger matches
+    total = Decimal(shipped["totalPrice"]["centAmount"]) / 100
+    assert sum(Decimal(str(li["LineAmount"])) for li in lines) + Decimal("5.00") == total
+    assert env.sim_rows("SalesOrderHeaderChargesV2", "SalesOrderNumber eq 'WEB-3002'") == []
+    assert env.errors.count_open() == 0

@@ -42,6 +42,7 @@ from d365ct.mapping.customers import (
     MappingError,
 )
 from d365ct.mapping.orders import (
+    CHARGE_ENTITY,
     EXECUTION_FIELD,
     KEY_FIELDS,
     ORDER_ENTITIES,
@@ -122,11 +123,12 @@ class OrderBatch:
         return f"{self.batch_id}-import"
 
     def request(self) -> ImportRequest:
+        charged = any(unit.rows.charges for unit in self.orders)
         return ImportRequest(
             flow=FLOW,
             legal_entity=self.legal_entity,
             definition_group=self.definition_group,
-            entities=ORDER_ENTITIES,
+            entities=(*ORDER_ENTITIES, CHARGE_ENTITY) if charged else ORDER_ENTITIES,
             units=tuple(unit.rows.unit() for unit in self.orders),
             unit_keys=tuple(unit.order_number for unit in self.orders),
             key_fields=KEY_FIELDS,
