@@ -19,6 +19,7 @@ BENCHMARKS: dict[str, str] = {
     "SIM": "bench.bench_sim",
     "B1": "bench.bench_b1",
     "B2R": "bench.bench_b2_reads",
+    "B3": "bench.bench_b3",
     "B4": "bench.bench_b4",
     "B5": "bench.bench_b5",
 }
