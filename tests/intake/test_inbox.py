@@ -306,6 +306,44 @@ def test_round_trips_per_accept(inbox: Inbox, engine: sa.Engine) -> None:
     assert inbox.stats.round_trips - before == ten
 
 
+def test_accept_builds_its_statement_once_not_per_message(
+    inbox: Inbox, engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from d365ct.intake import inbox as inbox_module
+
+    dialect = (
+        inbox_module.postgresql if engine.dialect.name == "postgresql" else inbox_module.sqlite
+    )
+    built: list[str] = []
+    real_insert = dialect.insert
+
+    def counting_insert(table: Any) -> Any:
+        built.append(table.name)
+        return real_insert(table)
+
+    monkeypatch.setattr(dialect, "insert", counting_insert)
+    for batch in range(3):
+        results = inbox.accept_many(
+            [
+                msg(samples.order_created(f"o-{batch}-{i}", message_id=f"m-{batch}-{i}"))
+                for i in range(10)
+            ]
+            + [msg(samples.order_created(f"o-{batch}-0", message_id=f"m-{batch}-0"))]  # again
+            + [msg({**samples.order_created(f"x-{batch}"), "type": "OrderNoteAdded"})]
+        )
+        assert [r.status for r in results] == ["accepted"] * 10 + ["duplicate", "ignored"]
+    # one statement for handled types, one for ignored ones: 36 messages, 2 statements
+    assert built.count("intake_messages") == 2
+    # the parameters, not the statement, carry each message: the stale check still sees its own
+    (claimed,) = inbox.claim(["OrderCreated"], 1, "w")
+    inbox.mark_processed(claimed.message.message_id)
+    redelivered = msg(samples.order_created(claimed.message.resource_id, message_id="m-new"))
+    assert inbox.accept(redelivered).status == "stale"
+    assert inbox.accept(msg(samples.order_created("o-fresh", message_id="m-fresh"))).status == (
+        "accepted"
+    )
+
+
 def test_accept_is_durable_before_it_returns(inbox: Inbox, db_url: str) -> None:
     inbox.accept(msg(samples.order_created("o-1", message_id="m-durable")))
     other = make_engine(db_url)  # another connection pool, as another process would see it
