@@ -724,3 +724,51 @@ async def test_shipping_posted_as_a_header_charge(charge_env: CommerceEnv) -> No
     assert sum(Decimal(str(li["LineAmount"])) for li in lines) + Decimal("5.00") == total
     assert env.sim_rows("SalesOrderHeaderChargesV2", "SalesOrderNumber eq 'WEB-3002'") == []
     assert env.errors.count_open() == 0
+
+
+@pytest.fixture
+def pairs_env(
+    fresh_sim: RunningSim, ct_mock: CtMock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[CommerceEnv]:
+    yield from make_commerce_env(
+        fresh_sim, ct_mock, tmp_path, monkeypatch, orders={"max_orders": 2, "max_wait_seconds": 0}
+    )
+
+
+async def test_a_full_batch_leaves_the_overflow_for_the_next_round(pairs_env: CommerceEnv) -> None:
+    """A round claims max_orders × legal entities; what exceeds one entity's batch waits for the
+    next round instead of costing a D365 job of its own."""
+    env = pairs_env
+    await seed_commercetools(env)
+    us = [
+        await import_order(env, [("D0001", 1, 1000)], order_number=f"PAIR-US{n}", shipping=False)
+        for n in range(4)
+    ]
+    de = [
+        await import_order(
+            env,
+            [("D0001", 1, 1000)],
+            store="de-store",
+            currency="EUR",
+            country="DE",
+            order_number=f"PAIR-DE{n}",
+            shipping=False,
+        )
+        for n in range(3)
+    ]
+    # claimed in arrival order: the first round gets US0-US2 and DE0 (2 × 2 messages)
+    for order in (*us[:3], de[0], de[1], de[2], us[3]):
+        assert env.deliver(order_created(env, order)) == "accepted"
+
+    summary = await process_inbox(env.flows, env.inbox, worker_id="test")
+
+    counts = summary.counts()
+    assert counts["orders_posted"] == 7 and counts["orders_failed"] == 0, summary.as_dict()
+    # US2 went back once and was posted with US3: 4 packages, where batching every claimed
+    # order at once would have cost 5 (US0+US1, US2 alone, DE0 alone, DE1+DE2, US3 alone)
+    assert env.sim_stats()["imports"] == 4
+    assert counts["order_messages"] == {"done": 7, "released": 1}
+    for number in [f"PAIR-US{n}" for n in range(4)] + [f"PAIR-DE{n}" for n in range(3)]:
+        assert len(env.order_in_d365(number)[0]) == 1, number
+    overflowed = [r for r in summary.orders if r.status == "released"]
+    assert [env.inbox.get(r.message_id).attempts for r in overflowed] == [1]  # type: ignore[union-attr]

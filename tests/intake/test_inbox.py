@@ -426,3 +426,22 @@ def test_concurrent_workers_never_get_the_same_message(db_url: str, engine: sa.E
     for rid, pos in timeline:
         positions.setdefault(rid, []).append(pos)
     assert all(p == [1, 2, 3, 4, 5] for p in positions.values())  # in sequence order
+
+
+def test_settle_many_and_release_without_counting_an_attempt(inbox: Inbox) -> None:
+    for i in range(4):
+        inbox.accept(msg(samples.order_created(f"o-{i}", message_id=f"m-{i}")))
+    claimed = inbox.claim(["OrderCreated"], 4, "w")
+    assert [e.attempts for e in claimed] == [1, 1, 1, 1]
+    assert inbox.mark_processed_many([("m-0", "posted"), ("m-1", "posted"), ("m-0", "again")]) == [
+        True,
+        True,
+        False,  # already settled: idempotent
+    ]
+    inbox.release_many(["m-2"], not_attempted=True)  # left over by a full batch
+    inbox.release_many(["m-3"])  # tried, and given back
+    again = {e.message.message_id: e.attempts for e in inbox.claim(["OrderCreated"], 4, "w")}
+    assert again == {"m-2": 1, "m-3": 2}
+    assert inbox.get("m-0").outcome == "posted"  # type: ignore[union-attr]
+    with pytest.raises(LookupError):
+        inbox.mark_processed_many([("m-unknown", "x")])

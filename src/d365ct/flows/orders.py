@@ -847,6 +847,32 @@ async def _load_order(ct: CommercetoolsClient, entry: InboxEntry) -> dict[str, A
     return await ct.get_by_id("orders", message.resource_id)
 
 
+def _within_batch_size(
+    flows: CommerceFlows, items: Sequence[tuple[Mapping[str, Any], str | None]]
+) -> tuple[list[tuple[Mapping[str, Any], str | None]], list[tuple[Mapping[str, Any], str | None]]]:
+    """Split claimed orders into those that fit one micro-batch per legal entity (up to
+    orders.max_orders each, in claim order) and the overflow. Orders already assigned to a
+    batch (claimed again after a crash) always stay, to rejoin it; orders that do not route
+    stay too, for post_orders to queue with the reason."""
+    size = flows.settings.orders.max_orders
+    assigned = SyncStateStore(flows.engine).get_many(ASSIGNMENTS, [mid for _, mid in items if mid])
+    taken: dict[str, int] = {}
+    keep: list[tuple[Mapping[str, Any], str | None]] = []
+    overflow: list[tuple[Mapping[str, Any], str | None]] = []
+    for order, message_id in items:
+        try:
+            entity = route_order(order, flows.settings.legal_entities).id
+        except MappingError:
+            keep.append((order, message_id))
+            continue
+        if message_id and message_id not in assigned and taken.get(entity, 0) >= size:
+            overflow.append((order, message_id))
+            continue
+        taken[entity] = taken.get(entity, 0) + 1
+        keep.append((order, message_id))
+    return keep, overflow
+
+
 def _describe(outcome: OrderOutcome) -> str:
     text = f"{outcome.order_number or outcome.order_id} {outcome.status}"
     if outcome.legal_entity:
@@ -890,27 +916,37 @@ async def post_order_messages(
             result.details.extend(failures.outcomes)
             continue
         items.append((order, message.message_id))
+    items, overflow = _within_batch_size(flows, items)
+    if overflow:
+        # A round claims max_orders per legal entity in all, not per legal entity: what does not
+        # fit its entity's batch waits for the next round rather than cost a D365 job alone.
+        inbox.release_many([mid for _, mid in overflow if mid], not_attempted=True)
+        for _, mid in overflow:
+            results[str(mid)].status = "released"
+            results[str(mid)].outcome = "left for the next micro-batch (this one was full)"
     outcomes = await post_orders(
         flows, items, may_release=lambda mid: attempts.get(mid or "", MAX_ATTEMPTS) < MAX_ATTEMPTS
     )
     for outcome in outcomes:
         if outcome.message_id in results:
             results[outcome.message_id].details.append(outcome)
-    settled: list[str] = []
+    settled: list[tuple[str, str]] = []
+    retry: list[str] = []
     for result in results.values():
         if result.status == "released":
             continue
         outcome_list: list[OrderOutcome] = result.details
         if any(o.status == "released" for o in outcome_list):
-            inbox.release(result.message_id, retry_after=RETRY_AFTER)
+            retry.append(result.message_id)
             result.status = "released"
             result.outcome = "; ".join(f"retry later: {o.error}" for o in outcome_list)
             continue
         result.status = "done" if outcome_list and all(o.ok for o in outcome_list) else "failed"
         result.outcome = "; ".join(_describe(o) for o in outcome_list) or "nothing to post"
-        inbox.mark_processed(result.message_id, result.outcome)
-        settled.append(result.message_id)
-    SyncStateStore(flows.engine).delete(ASSIGNMENTS, settled)
+        settled.append((result.message_id, result.outcome))
+    inbox.release_many(retry, retry_after=RETRY_AFTER)
+    inbox.mark_processed_many(settled)  # the batch's messages in one transaction
+    SyncStateStore(flows.engine).delete(ASSIGNMENTS, [message_id for message_id, _ in settled])
     return list(results.values())
 
 

@@ -509,55 +509,78 @@ class Inbox:
         Idempotent: settling an already processed message again changes nothing and returns
         False. Raises LookupError for an unknown id.
         """
+        return self.mark_processed_many([(message_id, outcome)])[0]
+
+    def mark_processed_many(self, settled: Sequence[tuple[str, str]]) -> list[bool]:
+        """``mark_processed`` for (message id, outcome) pairs, in one transaction (a micro-batch
+        settles its messages together: one commit instead of one per message)."""
+        if not settled:
+            return []
         now = self._now()
-        m = intake_messages
+        superseded = 0
+        done: list[bool] = []
         with self._engine.begin() as conn:
-            row = conn.execute(
-                sa.update(m)
-                .where(m.c.message_id == message_id, m.c.status == "pending")
-                .values(
-                    status="processed",
-                    outcome=outcome,
-                    processed_at=now,
-                    claimed_by=None,
-                    lease_until=None,
-                )
-                .returning(m.c.resource_type, m.c.resource_id, m.c.kind, m.c.position)
-            ).first()
-            if row is None:
-                exists = conn.execute(
-                    sa.select(m.c.status).where(m.c.message_id == message_id)
-                ).scalar()
-                if exists is None:
-                    raise LookupError(f"no intake message {message_id!r}")
-                return False
-            insert = (postgresql.insert if self._pg else sqlite.insert)(intake_streams)
-            conn.execute(
-                insert.values(
-                    resource_type=row.resource_type,
-                    resource_id=row.resource_id,
-                    kind=row.kind,
-                    applied_position=row.position,
-                    updated_at=now,
-                ).on_conflict_do_update(
-                    index_elements=[
-                        intake_streams.c.resource_type,
-                        intake_streams.c.resource_id,
-                        intake_streams.c.kind,
-                    ],
-                    set_={
-                        "applied_position": sa.case(
-                            (
-                                intake_streams.c.applied_position < row.position,
-                                row.position,
-                            ),
-                            else_=intake_streams.c.applied_position,
-                        ),
-                        "updated_at": now,
-                    },
-                )
+            for message_id, outcome in settled:
+                count = self._settle(conn, message_id, outcome, now)
+                done.append(count is not None)
+                superseded += count or 0
+        if superseded:
+            self.stats.add("stale", superseded)
+        return done
+
+    def _settle(
+        self, conn: sa.Connection, message_id: str, outcome: str, now: datetime
+    ) -> int | None:
+        """Settle one message in `conn`: None when it was settled before, else how many older
+        pending messages of its stream became stale."""
+        m = intake_messages
+        row = conn.execute(
+            sa.update(m)
+            .where(m.c.message_id == message_id, m.c.status == "pending")
+            .values(
+                status="processed",
+                outcome=outcome,
+                processed_at=now,
+                claimed_by=None,
+                lease_until=None,
             )
-            superseded = conn.execute(
+            .returning(m.c.resource_type, m.c.resource_id, m.c.kind, m.c.position)
+        ).first()
+        if row is None:
+            exists = conn.execute(
+                sa.select(m.c.status).where(m.c.message_id == message_id)
+            ).scalar()
+            if exists is None:
+                raise LookupError(f"no intake message {message_id!r}")
+            return None
+        insert = (postgresql.insert if self._pg else sqlite.insert)(intake_streams)
+        conn.execute(
+            insert.values(
+                resource_type=row.resource_type,
+                resource_id=row.resource_id,
+                kind=row.kind,
+                applied_position=row.position,
+                updated_at=now,
+            ).on_conflict_do_update(
+                index_elements=[
+                    intake_streams.c.resource_type,
+                    intake_streams.c.resource_id,
+                    intake_streams.c.kind,
+                ],
+                set_={
+                    "applied_position": sa.case(
+                        (
+                            intake_streams.c.applied_position < row.position,
+                            row.position,
+                        ),
+                        else_=intake_streams.c.applied_position,
+                    ),
+                    "updated_at": now,
+                },
+            )
+        )
+        return int(
+            conn.execute(
                 sa.update(m)
                 .where(
                     m.c.resource_type == row.resource_type,
@@ -574,22 +597,37 @@ class Inbox:
                     lease_until=None,
                 )
             ).rowcount
-        if superseded:
-            self.stats.add("stale", superseded)
-        return True
+        )
 
     def release(self, message_id: str, *, retry_after: timedelta | None = None) -> None:
         """Give a claimed message back, to be claimed again now or after ``retry_after``.
 
         While it waits, later messages of its resource wait too: order is kept.
         """
+        self.release_many([message_id], retry_after=retry_after)
+
+    def release_many(
+        self,
+        message_ids: Sequence[str],
+        *,
+        retry_after: timedelta | None = None,
+        not_attempted: bool = False,
+    ) -> None:
+        """``release`` for several messages in one statement. ``not_attempted``: the claim did
+        not try them (a full micro-batch left them for the next round), so it does not count
+        as an attempt either."""
+        if not message_ids:
+            return
         m = intake_messages
+        values: dict[str, Any] = {
+            "claimed_by": None,
+            "lease_until": None if retry_after is None else self._now() + retry_after,
+        }
+        if not_attempted:
+            values["attempts"] = sa.case((m.c.attempts > 0, m.c.attempts - 1), else_=0)
         with self._engine.begin() as conn:
             conn.execute(
                 sa.update(m)
-                .where(m.c.message_id == message_id, m.c.status == "pending")
-                .values(
-                    claimed_by=None,
-                    lease_until=None if retry_after is None else self._now() + retry_after,
-                )
+                .where(m.c.message_id.in_(list(message_ids)), m.c.status == "pending")
+                .values(**values)
             )
