@@ -21,7 +21,7 @@ from dbos import DBOS, DBOSConfiguredInstance, SetWorkflowID
 from d365ct.commercetools import CommercetoolsClient, CommercetoolsError, ResourceNotFound
 from d365ct.config import LegalEntitySettings, Settings
 from d365ct.d365.odata import quote_literal
-from d365ct.errors import D365ctError, TransientError
+from d365ct.errors import D365ctError, PermanentError, TransientError
 from d365ct.flows.customers import (
     CustomerOutcome,
     CustomerSync,
@@ -784,7 +784,29 @@ async def post_orders(
     else:
         batches = _assigned_batches(flows, units)
     outcomes: list[OrderOutcome] = []
-    for batch, result in await _run(flows, batches):
+    ran = await _run(flows, batches)
+    # A batch that failed for good (one order too large for any package, say) would fail again
+    # as a whole: each of its orders goes once more in a batch of its own, so that only the
+    # culprit fails and the rest of the batch is posted.
+    alone = [
+        OrderBatch(
+            f"{batch.batch_id}-{unit.order_number}",
+            unit.legal_entity,
+            batch.definition_group,
+            (unit,),
+        )
+        for batch, result in ran
+        if isinstance(result, PermanentError) and len(batch.orders) > 1
+        for unit in batch.orders
+    ]
+    if alone:
+        split = {id(b) for b, r in ran if isinstance(r, PermanentError) and len(b.orders) > 1}
+        for batch, _ in ran:
+            if id(batch) in split:
+                state = SyncStateStore(flows.engine)
+                state.delete(ASSIGNMENTS, [u.message_id for u in batch.orders if u.message_id])
+        ran = [(b, r) for b, r in ran if id(b) not in split] + await _run(flows, alone)
+    for batch, result in ran:
         if not isinstance(result, BaseException):
             outcomes.extend(result)
             continue
@@ -794,7 +816,9 @@ async def post_orders(
         for unit in batch.orders:
             if unit.message_id:
                 SyncStateStore(flows.engine).delete(ASSIGNMENTS, [unit.message_id])
-            if may_release(unit.message_id):
+            # a permanent failure (a package over the size limit, say) fails the same way on
+            # every retry: straight to the error queue with its reason
+            if may_release(unit.message_id) and not isinstance(result, PermanentError):
                 released.append(
                     OrderOutcome(
                         unit.order_id,
