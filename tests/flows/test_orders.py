@@ -75,6 +75,9 @@ class CommerceEnv:
     def sim_stats(self) -> dict[str, Any]:
         return dict(httpx.get(f"{self.sim.base_url}/_sim/stats").json())
 
+    def sim_stats_jobs(self) -> list[dict[str, Any]]:
+        return list(httpx.get(f"{self.sim.base_url}/_sim/jobs").json())
+
     def order_in_d365(self, number: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         headers = self.sim_rows("SalesOrderHeadersV2", f"SalesOrderNumber eq '{number}'")
         lines = self.sim_rows("SalesOrderLines", f"SalesOrderNumber eq '{number}'")
@@ -772,3 +775,53 @@ async def test_a_full_batch_leaves_the_overflow_for_the_next_round(pairs_env: Co
         assert len(env.order_in_d365(number)[0]) == 1, number
     overflowed = [r for r in summary.orders if r.status == "released"]
     assert [env.inbox.get(r.message_id).attempts for r in overflowed] == [1]  # type: ignore[union-attr]
+
+
+@pytest.fixture
+def window_env(
+    fresh_sim: RunningSim, ct_mock: CtMock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[CommerceEnv]:
+    yield from make_commerce_env(
+        fresh_sim,
+        ct_mock,
+        tmp_path,
+        monkeypatch,
+        orders={"max_orders": 50, "max_wait_seconds": 0.3},
+    )
+
+
+async def test_with_a_window_the_next_round_posts_while_the_previous_one_runs(
+    window_env: CommerceEnv,
+) -> None:
+    """An order arriving while a round's import executes is collected and posted at once (its
+    own legal entity's import need not wait), not after the previous round has settled."""
+    import asyncio
+
+    env = window_env
+    env.sim.config.job_seconds = 2
+    await seed_commercetools(env)
+    us = await import_order(env, [("D0001", 1, 1000)], order_number="WIN-US")
+    de = await import_order(
+        env,
+        [("D0001", 1, 2500)],
+        store="de-store",
+        currency="EUR",
+        country="DE",
+        order_number="WIN-DE",
+    )
+    env.deliver(order_created(env, us, message_id="m-win-us"))
+    run = asyncio.create_task(process_inbox(env.flows, env.inbox, worker_id="w", wait=True))
+    deadline = asyncio.get_running_loop().time() + 30
+    while not any(j["status"] == "Executing" for j in env.sim_stats_jobs()):
+        assert asyncio.get_running_loop().time() < deadline, "the first import never ran"
+        await asyncio.sleep(0.02)
+    env.deliver(order_created(env, de, message_id="m-win-de"))
+
+    summary = await asyncio.wait_for(run, 60)
+
+    assert summary.counts()["orders_posted"] == 2, summary.as_dict()
+    first = env.inbox.get("m-win-us")
+    assert first is not None and first.processed_at is not None
+    (de_job,) = [j for j in env.sim_stats_jobs() if j["legalEntity"] == "demf"]
+    # the second round's package reached D365 before the first round had even settled
+    assert datetime.fromisoformat(de_job["createdAt"]) < first.processed_at.replace(tzinfo=UTC)

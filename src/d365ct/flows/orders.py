@@ -1075,32 +1075,56 @@ async def process_inbox(
     settings = flows.settings
     customer_types = settings.intake.customer_update_types
     limit = settings.orders.max_orders * max(1, len(settings.legal_entities))
-    while max_rounds is None or summary.rounds < max_rounds:
-        busy = False
-        customers = inbox.claim(customer_types, limit, worker_id, lease=_lease(flows))
-        if customers:
-            busy = True
-            summary.customers += await sync_customer_messages(flows.customers, inbox, customers)
-        orders = await collect_orders(flows, inbox, worker_id, wait=wait)
-        if orders:
-            busy = True
-            summary.orders += await post_order_messages(flows, inbox, orders)
-        for entry in inbox.claim(IMPORTED_TYPES, limit, worker_id):
-            busy = True
-            text = "skipped: imported orders came from D365 or elsewhere; not posted back"
-            inbox.mark_processed(entry.message.message_id, text)
-            summary.skipped.append(
-                MessageResult(
-                    entry.message.message_id,
-                    entry.message.type,
-                    entry.message.resource_id,
-                    text,
-                    "skipped",
+    # With a window, the next round collects and posts while the previous one still posts (at
+    # most two rounds in flight): its import queues right behind the job in progress (C4) or
+    # runs at once in another legal entity, instead of waiting for the previous round's
+    # write-back and settling too.
+    posting: list[asyncio.Task[list[MessageResult]]] = []
+    try:
+        while max_rounds is None or summary.rounds < max_rounds:
+            busy = False
+            for task in [t for t in posting if t.done()]:
+                posting.remove(task)
+                summary.orders += task.result()
+            customers = inbox.claim(customer_types, limit, worker_id, lease=_lease(flows))
+            if customers:
+                busy = True
+                summary.customers += await sync_customer_messages(flows.customers, inbox, customers)
+            orders = await collect_orders(flows, inbox, worker_id, wait=wait)
+            if orders:
+                busy = True
+                if not wait:
+                    summary.orders += await post_order_messages(flows, inbox, orders)
+                else:
+                    if len(posting) >= 2:
+                        summary.orders += await posting.pop(0)
+                    posting.append(asyncio.create_task(post_order_messages(flows, inbox, orders)))
+            elif posting:
+                # nothing to collect yet, but a round is posting: keep watching for arrivals
+                await asyncio.wait(posting, timeout=0.2, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            for entry in inbox.claim(IMPORTED_TYPES, limit, worker_id):
+                busy = True
+                text = "skipped: imported orders came from D365 or elsewhere; not posted back"
+                inbox.mark_processed(entry.message.message_id, text)
+                summary.skipped.append(
+                    MessageResult(
+                        entry.message.message_id,
+                        entry.message.type,
+                        entry.message.resource_id,
+                        text,
+                        "skipped",
+                    )
                 )
-            )
-        if not busy:
-            break
-        summary.rounds += 1
+            if not busy:
+                break
+            summary.rounds += 1
+    finally:
+        if posting:
+            # an error above must not abandon a round half-way through its write-back
+            await asyncio.wait(posting)
+    for task in posting:
+        summary.orders += await task
     summary.seconds = time.perf_counter() - started
     return summary
 
