@@ -20,6 +20,7 @@ BENCHMARKS: dict[str, str] = {
     "B1": "bench.bench_b1",
     "B2R": "bench.bench_b2_reads",
     "B2W": "bench.bench_b2_writes",
+    "B3": "bench.bench_b3",
     "B4": "bench.bench_b4",
     "B5": "bench.bench_b5",
 }

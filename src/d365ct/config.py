@@ -313,6 +313,7 @@ class OrderSettings(_Section):
     posted_state: str = "d365-posted"  # commercetools State key after a successful posting
     shipping_as: Literal["charge", "line"] = "line"
     shipping_item: str = "SHIPPING"  # D365 item used when shipping is posted as a line
+    shipping_charge_code: str = Field("FREIGHT", min_length=1, max_length=10)
     order_number_prefix: str = "CT"  # scheme for orders that arrive without an orderNumber
 
 

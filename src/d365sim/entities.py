@@ -25,6 +25,8 @@ ENUMS: dict[str, tuple[str, ...]] = {
     "DirPartyBaseType": ("None", "Person", "Organization"),
     "CustVendorBlocked": ("No", "Invoice", "All", "Payment", "Requisition", "Never"),
     "SalesStatus": ("None", "Backorder", "Delivered", "Invoiced", "Canceled"),
+    # how a charge is computed: a fixed amount, per piece, a percentage, …
+    "MarkupCategory": ("Fixed", "Pcs", "Percent", "InterCompanyPercent", "External"),
 }
 
 
@@ -336,6 +338,31 @@ ENTITY_SETS: tuple[EntitySet, ...] = (
             Field("ShippingSiteId", max_length=10),
             Field("RequestedShippingDate", DATETIME),
             Field("CustomersLineNumber", INT32),
+        ),
+    ),
+    # "Sales order header charges V2" (SalesOrderHeaderChargeV2Entity): misc. charges on a sales
+    # order header, e.g. freight. Fields follow Microsoft's CDM schema of the entity; the set name
+    # and the key (order + ChargeLineNumber) are as third-party OData clients use them.
+    EntitySet(
+        name="SalesOrderHeaderChargesV2",
+        type_name="SalesOrderHeaderChargeV2",
+        label="Sales order header charges V2",
+        keys=("dataAreaId", "SalesOrderNumber", "ChargeLineNumber"),
+        importable=True,
+        fields=_company(
+            Field("SalesOrderNumber", required=True, max_length=20),
+            Field("ChargeLineNumber", DECIMAL, required=True),
+            Field("SalesChargeCode", required=True, max_length=10),
+            Field("ChargeCategory", "MarkupCategory"),
+            Field("FixedChargeAmount", DECIMAL),
+            Field("ChargePercentage", DECIMAL),
+            Field("ExternalChargeAmount", DECIMAL),
+            Field("ChargeAccountingCurrencyCode", max_length=3),
+            Field("ChargeDescription", max_length=60),
+            Field("SalesTaxGroupCode", max_length=10),
+            Field("SalesTaxItemGroupCode", max_length=10),
+            Field("WillInvoiceProcessingKeepCharge", "NoYes"),
+            Field("IsIntercompanyCharge", "NoYes"),
         ),
     ),
     EntitySet(

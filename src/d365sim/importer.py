@@ -141,6 +141,12 @@ class Importer:
             ):
                 return not_found(order, "SalesOrderNumber", "Sales orders")
             return self._validate_item(row) or self._validate_quantity(row)
+        elif entity.name == "SalesOrderHeaderChargesV2":
+            order = row["SalesOrderNumber"]
+            if (str(company), str(order)) in self._failed_orders or not self._exists(
+                "SalesOrderHeadersV2", dataAreaId=company, SalesOrderNumber=order
+            ):
+                return not_found(order, "SalesOrderNumber", "Sales orders")
         elif entity.name == "ReleasedProductVariantsV2":
             item = row["ItemNumber"]
             if not self._exists("ReleasedProductsV2", dataAreaId=company, ItemNumber=item):
@@ -212,6 +218,11 @@ def _order_defaults(row: dict[str, object]) -> None:
         row["SalesOrderStatus"] = "Backorder"
 
 
+def _charge_defaults(row: dict[str, object]) -> None:
+    if not row.get("ChargeCategory"):
+        row["ChargeCategory"] = "Fixed"
+
+
 def _line_defaults(row: dict[str, object]) -> None:
     if not row.get("SalesOrderLineStatus"):
         row["SalesOrderLineStatus"] = "Backorder"
@@ -229,4 +240,5 @@ _DEFAULTS = {
     "CustomersV3": _customer_defaults,
     "SalesOrderHeadersV2": _order_defaults,
     "SalesOrderLines": _line_defaults,
+    "SalesOrderHeaderChargesV2": _charge_defaults,
 }

@@ -92,9 +92,10 @@ def test_help_names_every_option() -> None:
 
 def test_setup_then_catalog_then_prices(config: Path) -> None:
     first = run_json("setup", "--config", str(config))
-    assert first["ok"] and first["created"] == 10
+    # product type, 5 channels, 4 customer groups; 2 custom Types and 2 order States
+    assert first["ok"] and first["created"] == 14
     again = run_json("setup")  # ./d365ct.toml is the default
-    assert again["created"] == 0 and again["exists"] == 10
+    assert again["created"] == 0 and again["exists"] == 14
 
     catalog = run_json("sync", "catalog", "--config", str(config))
     assert catalog["created"] == 60 and catalog["failed"] == 0

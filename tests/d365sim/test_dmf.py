@@ -141,6 +141,59 @@ def test_import_round_trip_with_a_bad_row(fresh_sim: RunningSim) -> None:
     assert lines[0]["InventoryLotId"]
 
 
+def test_header_charges_need_their_sales_order(fresh_sim: RunningSim) -> None:
+    with fresh_sim.client() as client:
+        dmf = Dmf(client)
+        item = _first_item(client)
+        header = {
+            "SALESORDERNUMBER": "CT-2001",
+            "ORDERINGCUSTOMERACCOUNTNUMBER": "US-000002",
+            "CURRENCYCODE": "USD",
+        }
+        line = {
+            "SALESORDERNUMBER": "CT-2001",
+            "LINENUMBER": "1",
+            "ITEMNUMBER": item,
+            "ORDEREDSALESQUANTITY": "1",
+            "SALESPRICE": "10",
+        }
+
+        def charge(order: str) -> dict[str, str]:
+            return {
+                "SALESORDERNUMBER": order,
+                "CHARGELINENUMBER": "1",
+                "SALESCHARGECODE": "FREIGHT",
+                "FIXEDCHARGEAMOUNT": "4.90",
+                "CHARGEACCOUNTINGCURRENCYCODE": "USD",
+            }
+
+        data = package(
+            "charges",
+            [
+                ("Sales order headers V2", [header]),
+                ("Sales order lines V2", [line]),
+                ("Sales order header charges V2", [charge("CT-2001"), charge("CT-NOPE")]),
+            ],
+        )
+        url = dmf.upload(data, f"{uuid.uuid4()}.zip")
+        execution_id = dmf.value(
+            "ImportFromPackage",
+            packageUrl=url,
+            definitionGroupId="charges",
+            executionId="",
+            execute=True,
+            overwrite=True,
+            legalEntityId="usmf",
+        )
+        assert dmf.wait(str(execution_id)) == "PartiallySucceeded"
+        errors = json.loads(str(dmf.value("GetExecutionErrors", executionId=execution_id)))
+        charges = client.get("/data/SalesOrderHeaderChargesV2").json()["value"]
+    assert any("CT-NOPE" in e and "Sales orders" in e for e in errors), errors
+    held = [(c["SalesOrderNumber"], c["SalesChargeCode"], c["ChargeCategory"]) for c in charges]
+    assert held == [("CT-2001", "FREIGHT", "Fixed")]  # the category defaults to a fixed amount
+    assert charges[0]["FixedChargeAmount"] == pytest.approx(4.9)
+
+
 def test_import_is_an_upsert_by_key(fresh_sim: RunningSim) -> None:
     with fresh_sim.client() as client:
         dmf = Dmf(client)

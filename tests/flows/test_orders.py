@@ -75,6 +75,9 @@ class CommerceEnv:
     def sim_stats(self) -> dict[str, Any]:
         return dict(httpx.get(f"{self.sim.base_url}/_sim/stats").json())
 
+    def sim_stats_jobs(self) -> list[dict[str, Any]]:
+        return list(httpx.get(f"{self.sim.base_url}/_sim/jobs").json())
+
     def order_in_d365(self, number: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         headers = self.sim_rows("SalesOrderHeadersV2", f"SalesOrderNumber eq '{number}'")
         lines = self.sim_rows("SalesOrderLines", f"SalesOrderNumber eq '{number}'")
@@ -678,3 +681,147 @@ async def test_with_a_window_the_batch_waits_for_more_orders(env: CommerceEnv) -
     )
     assert late == ["accepted"] and len(claimed) == 2
     assert await collect_orders(windowed, env.inbox, "w", wait=True) == []  # nothing left
+
+
+@pytest.fixture
+def charge_env(
+    fresh_sim: RunningSim, ct_mock: CtMock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[CommerceEnv]:
+    yield from make_commerce_env(
+        fresh_sim,
+        ct_mock,
+        tmp_path,
+        monkeypatch,
+        orders={
+            "max_orders": 50,
+            "max_wait_seconds": 0,
+            "shipping_as": "charge",
+            "shipping_charge_code": "FREIGHT",
+        },
+    )
+
+
+async def test_shipping_posted_as_a_header_charge(charge_env: CommerceEnv) -> None:
+    env = charge_env
+    await seed_commercetools(env)
+    shipped = await import_order(env, [("D0001", 2, 1999)], order_number="WEB-3001")
+    free = await import_order(env, [("D0002", 1, 1000)], order_number="WEB-3002", shipping=False)
+    for order in (shipped, free):
+        assert env.deliver(order_created(env, order)) == "accepted"
+
+    summary = await process_inbox(env.flows, env.inbox, worker_id="test")
+
+    assert summary.counts()["orders_posted"] == 2, summary.as_dict()
+    headers, lines = env.order_in_d365("WEB-3001")
+    assert len(headers) == 1
+    assert [li["ItemNumber"] for li in lines] == ["D0001"]  # no shipping line
+    charges = env.sim_rows("SalesOrderHeaderChargesV2", "SalesOrderNumber eq 'WEB-3001'")
+    assert [
+        (c["dataAreaId"], c["SalesChargeCode"], c["ChargeCategory"], c["ChargeLineNumber"])
+        for c in charges
+    ] == [("usmf", "FREIGHT", "Fixed", 1)]
+    assert Decimal(str(charges[0]["FixedChargeAmount"])) == Decimal("5.00")
+    assert charges[0]["ChargeAccountingCurrencyCode"] == "USD"
+    # lines plus charges are the commercetools total: the ledger matches
+    total = Decimal(shipped["totalPrice"]["centAmount"]) / 100
+    assert sum(Decimal(str(li["LineAmount"])) for li in lines) + Decimal("5.00") == total
+    assert env.sim_rows("SalesOrderHeaderChargesV2", "SalesOrderNumber eq 'WEB-3002'") == []
+    assert env.errors.count_open() == 0
+
+
+@pytest.fixture
+def pairs_env(
+    fresh_sim: RunningSim, ct_mock: CtMock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[CommerceEnv]:
+    yield from make_commerce_env(
+        fresh_sim, ct_mock, tmp_path, monkeypatch, orders={"max_orders": 2, "max_wait_seconds": 0}
+    )
+
+
+async def test_a_full_batch_leaves_the_overflow_for_the_next_round(pairs_env: CommerceEnv) -> None:
+    """A round claims max_orders × legal entities; what exceeds one entity's batch waits for the
+    next round instead of costing a D365 job of its own."""
+    env = pairs_env
+    await seed_commercetools(env)
+    us = [
+        await import_order(env, [("D0001", 1, 1000)], order_number=f"PAIR-US{n}", shipping=False)
+        for n in range(4)
+    ]
+    de = [
+        await import_order(
+            env,
+            [("D0001", 1, 1000)],
+            store="de-store",
+            currency="EUR",
+            country="DE",
+            order_number=f"PAIR-DE{n}",
+            shipping=False,
+        )
+        for n in range(3)
+    ]
+    # claimed in arrival order: the first round gets US0-US2 and DE0 (2 × 2 messages)
+    for order in (*us[:3], de[0], de[1], de[2], us[3]):
+        assert env.deliver(order_created(env, order)) == "accepted"
+
+    summary = await process_inbox(env.flows, env.inbox, worker_id="test")
+
+    counts = summary.counts()
+    assert counts["orders_posted"] == 7 and counts["orders_failed"] == 0, summary.as_dict()
+    # US2 went back once and was posted with US3: 4 packages, where batching every claimed
+    # order at once would have cost 5 (US0+US1, US2 alone, DE0 alone, DE1+DE2, US3 alone)
+    assert env.sim_stats()["imports"] == 4
+    assert counts["order_messages"] == {"done": 7, "released": 1}
+    for number in [f"PAIR-US{n}" for n in range(4)] + [f"PAIR-DE{n}" for n in range(3)]:
+        assert len(env.order_in_d365(number)[0]) == 1, number
+    overflowed = [r for r in summary.orders if r.status == "released"]
+    assert [env.inbox.get(r.message_id).attempts for r in overflowed] == [1]  # type: ignore[union-attr]
+
+
+@pytest.fixture
+def window_env(
+    fresh_sim: RunningSim, ct_mock: CtMock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[CommerceEnv]:
+    yield from make_commerce_env(
+        fresh_sim,
+        ct_mock,
+        tmp_path,
+        monkeypatch,
+        orders={"max_orders": 50, "max_wait_seconds": 0.3},
+    )
+
+
+async def test_with_a_window_the_next_round_posts_while_the_previous_one_runs(
+    window_env: CommerceEnv,
+) -> None:
+    """An order arriving while a round's import executes is collected and posted at once (its
+    own legal entity's import need not wait), not after the previous round has settled."""
+    import asyncio
+
+    env = window_env
+    env.sim.config.job_seconds = 2
+    await seed_commercetools(env)
+    us = await import_order(env, [("D0001", 1, 1000)], order_number="WIN-US")
+    de = await import_order(
+        env,
+        [("D0001", 1, 2500)],
+        store="de-store",
+        currency="EUR",
+        country="DE",
+        order_number="WIN-DE",
+    )
+    env.deliver(order_created(env, us, message_id="m-win-us"))
+    run = asyncio.create_task(process_inbox(env.flows, env.inbox, worker_id="w", wait=True))
+    deadline = asyncio.get_running_loop().time() + 30
+    while not any(j["status"] == "Executing" for j in env.sim_stats_jobs()):
+        assert asyncio.get_running_loop().time() < deadline, "the first import never ran"
+        await asyncio.sleep(0.02)
+    env.deliver(order_created(env, de, message_id="m-win-de"))
+
+    summary = await asyncio.wait_for(run, 60)
+
+    assert summary.counts()["orders_posted"] == 2, summary.as_dict()
+    first = env.inbox.get("m-win-us")
+    assert first is not None and first.processed_at is not None
+    (de_job,) = [j for j in env.sim_stats_jobs() if j["legalEntity"] == "demf"]
+    # the second round's package reached D365 before the first round had even settled
+    assert datetime.fromisoformat(de_job["createdAt"]) < first.processed_at.replace(tzinfo=UTC)

@@ -19,6 +19,11 @@ async def test_setup_creates_everything_once(harness: Harness) -> None:  # noqa:
         ("product-type", "d365-product"): "created",
         **{("channel", w.supply_channel): "created" for w in h.settings.warehouses},
         **{("customer-group", f"d365-{g}"): "created" for g in ("10", "20", "30", "90")},
+        # what the order and customer flows write back into (the orders client is configured)
+        ("type", "d365ct-order"): "created",
+        ("type", "d365ct-customer"): "created",
+        ("state", "d365-posted"): "created",
+        ("state", "d365-pending"): "created",
         ("d365-data-projects", "*"): "skipped",
     }
     [product_type] = h.ct_all("product-types")
@@ -33,12 +38,15 @@ async def test_setup_creates_everything_once(harness: Harness) -> None:  # noqa:
     groups = {g["key"]: g for g in h.ct_all("customer-groups")}
     assert groups["d365-20"]["name"] == "Wholesale customers"  # D365's description
     posts = len(h.ct.api_responses("POST"))
-    assert posts == 1 + 5 + 4
+    assert posts == 1 + 5 + 4 + 4
+    states = {state["key"]: state for state in h.ct_all("states")}
+    assert states["d365-pending"]["initial"] is True
+    assert [t["id"] for t in states["d365-pending"]["transitions"]] == [states["d365-posted"]["id"]]
 
     second = await run_setup(h.settings, event_hooks=h.hooks())
     assert second.ok and second.count("created") == second.count("updated") == 0
     assert len(h.ct.api_responses("POST")) == posts  # the second run writes nothing
-    assert second.count("exists") == 1 + 5 + 4
+    assert second.count("exists") == 1 + 5 + 4 + 4
     assert second.ct_calls["GET"] == 3  # product type, channels, customer groups: one each
 
 
@@ -69,3 +77,18 @@ async def test_setup_completes_what_exists_in_part(harness: Harness) -> None:  #
         [item] = [i for i in report.items if i.key == "usmf-11"]
         assert "addRoles" in item.detail
     assert result[("channel", "usmf-12")] == "created"
+
+
+async def test_setup_without_an_orders_client_leaves_types_and_states_alone(
+    harness: Harness,  # noqa: F811
+) -> None:
+    h = harness
+    ct = h.settings.require_commercetools()
+    clients = {k: v for k, v in ct.clients.items() if k != "orders"}
+    settings = h.settings.model_copy(
+        update={"commercetools": ct.model_copy(update={"clients": clients})}
+    )
+    report = await run_setup(settings)
+    assert report.ok
+    assert not [i for i in report.items if i.kind in ("type", "state")]
+    assert h.ct_all("types") == [] and h.ct_all("states") == []

@@ -306,6 +306,44 @@ def test_round_trips_per_accept(inbox: Inbox, engine: sa.Engine) -> None:
     assert inbox.stats.round_trips - before == ten
 
 
+def test_accept_builds_its_statement_once_not_per_message(
+    inbox: Inbox, engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from d365ct.intake import inbox as inbox_module
+
+    dialect = (
+        inbox_module.postgresql if engine.dialect.name == "postgresql" else inbox_module.sqlite
+    )
+    built: list[str] = []
+    real_insert = dialect.insert
+
+    def counting_insert(table: Any) -> Any:
+        built.append(table.name)
+        return real_insert(table)
+
+    monkeypatch.setattr(dialect, "insert", counting_insert)
+    for batch in range(3):
+        results = inbox.accept_many(
+            [
+                msg(samples.order_created(f"o-{batch}-{i}", message_id=f"m-{batch}-{i}"))
+                for i in range(10)
+            ]
+            + [msg(samples.order_created(f"o-{batch}-0", message_id=f"m-{batch}-0"))]  # again
+            + [msg({**samples.order_created(f"x-{batch}"), "type": "OrderNoteAdded"})]
+        )
+        assert [r.status for r in results] == ["accepted"] * 10 + ["duplicate", "ignored"]
+    # one statement for handled types, one for ignored ones: 36 messages, 2 statements
+    assert built.count("intake_messages") == 2
+    # the parameters, not the statement, carry each message: the stale check still sees its own
+    (claimed,) = inbox.claim(["OrderCreated"], 1, "w")
+    inbox.mark_processed(claimed.message.message_id)
+    redelivered = msg(samples.order_created(claimed.message.resource_id, message_id="m-new"))
+    assert inbox.accept(redelivered).status == "stale"
+    assert inbox.accept(msg(samples.order_created("o-fresh", message_id="m-fresh"))).status == (
+        "accepted"
+    )
+
+
 def test_accept_is_durable_before_it_returns(inbox: Inbox, db_url: str) -> None:
     inbox.accept(msg(samples.order_created("o-1", message_id="m-durable")))
     other = make_engine(db_url)  # another connection pool, as another process would see it
@@ -388,3 +426,22 @@ def test_concurrent_workers_never_get_the_same_message(db_url: str, engine: sa.E
     for rid, pos in timeline:
         positions.setdefault(rid, []).append(pos)
     assert all(p == [1, 2, 3, 4, 5] for p in positions.values())  # in sequence order
+
+
+def test_settle_many_and_release_without_counting_an_attempt(inbox: Inbox) -> None:
+    for i in range(4):
+        inbox.accept(msg(samples.order_created(f"o-{i}", message_id=f"m-{i}")))
+    claimed = inbox.claim(["OrderCreated"], 4, "w")
+    assert [e.attempts for e in claimed] == [1, 1, 1, 1]
+    assert inbox.mark_processed_many([("m-0", "posted"), ("m-1", "posted"), ("m-0", "again")]) == [
+        True,
+        True,
+        False,  # already settled: idempotent
+    ]
+    inbox.release_many(["m-2"], not_attempted=True)  # left over by a full batch
+    inbox.release_many(["m-3"])  # tried, and given back
+    again = {e.message.message_id: e.attempts for e in inbox.claim(["OrderCreated"], 4, "w")}
+    assert again == {"m-2": 1, "m-3": 2}
+    assert inbox.get("m-0").outcome == "posted"  # type: ignore[union-attr]
+    with pytest.raises(LookupError):
+        inbox.mark_processed_many([("m-unknown", "x")])

@@ -280,6 +280,52 @@ def test_shipping_discount_and_shipping_as_charge() -> None:
     charged = order(line("D0001", 1, 1000))
     assert [li["ItemNumber"] for li in rows(charged, shipping_as="charge").lines] == ["D0001"]
     assert rows(charged, shipping_item="FREIGHT").lines[-1]["ItemNumber"] == "FREIGHT"
+    assert rows(charged).charges == ()  # as a line, nothing is charged on the header
+
+
+def test_shipping_as_a_header_charge() -> None:
+    o = order(line("D0001", 2, 1000), shipping=None)
+    o["shippingInfo"] = {
+        "shippingMethodName": "Express delivery",
+        "price": money(900),
+        "discountedPrice": {"value": money(450)},
+    }
+    o["totalPrice"] = money(2450)
+    charged = rows(o, shipping_as="charge", shipping_charge_code="SHIP")
+    (charge,) = charged.charges
+    assert charge == {
+        "dataAreaId": "usmf",
+        "SalesOrderNumber": "WEB-1001",
+        "ChargeLineNumber": 1,
+        "SalesChargeCode": "SHIP",
+        "ChargeCategory": "Fixed",
+        "FixedChargeAmount": Decimal("4.50"),  # what the shopper paid: after the discount
+        "ChargeAccountingCurrencyCode": "USD",
+        "ChargeDescription": "Express delivery",
+    }
+    assert charged.total == Decimal("24.50")
+    entities = [entity for entity, _ in charged.unit()]
+    assert entities == [
+        "Sales order headers V2",
+        "Sales order lines V2",
+        "Sales order header charges V2",
+    ]
+    # free shipping is no charge; several shippings (multi-shipping carts) are one charge each
+    o["shippingInfo"]["discountedPrice"] = {"value": money(0)}
+    o["totalPrice"] = money(2000)
+    assert rows(o, shipping_as="charge").charges == ()
+    multi = order(line("D0001", 1, 1000), shipping=None, shippingMode="Multiple")
+    multi["shipping"] = [
+        {"shippingInfo": {"shippingMethodName": name, "price": money(cents)}}
+        for name, cents in (("Standard", 500), ("Express", 900))
+    ]
+    multi["totalPrice"] = money(2400)
+    charges = rows(multi, shipping_as="charge").charges
+    assert [(c["ChargeLineNumber"], c["ChargeDescription"]) for c in charges] == [
+        (1, "Standard"),
+        (2, "Express"),
+    ]
+    assert [c["FixedChargeAmount"] for c in charges] == [Decimal("5.00"), Decimal("9.00")]
 
 
 def test_orders_the_ledger_could_not_match_are_refused() -> None:

@@ -114,6 +114,24 @@ SALES_ORDER_LINES_V2 = EntityDefinition(
     keys=("dataAreaId", "SalesOrderNumber", "LineNumber"),
 )
 
+# Misc. charges on a sales order header (SalesOrderHeaderChargeV2Entity): shipping posted as a
+# charge. A charge is identified by its order and ChargeLineNumber.
+SALES_ORDER_HEADER_CHARGES_V2 = EntityDefinition(
+    label="Sales order header charges V2",
+    odata_name="SalesOrderHeaderChargesV2",
+    fields=(
+        "dataAreaId",
+        "SalesOrderNumber",
+        "ChargeLineNumber",
+        "SalesChargeCode",
+        "ChargeCategory",
+        "FixedChargeAmount",
+        "ChargeAccountingCurrencyCode",
+        "ChargeDescription",
+    ),
+    keys=("dataAreaId", "SalesOrderNumber", "ChargeLineNumber"),
+)
+
 RELEASED_PRODUCTS_V2 = EntityDefinition(
     label="Released products V2",
     odata_name="ReleasedProductsV2",
@@ -201,6 +219,7 @@ DEFINITIONS: dict[str, EntityDefinition] = {
         CUSTOMERS_V3,
         SALES_ORDER_HEADERS_V2,
         SALES_ORDER_LINES_V2,
+        SALES_ORDER_HEADER_CHARGES_V2,
         RELEASED_PRODUCTS_V2,
         RELEASED_PRODUCT_VARIANTS_V2,
         PRODUCT_TRANSLATIONS,

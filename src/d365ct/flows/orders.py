@@ -21,7 +21,7 @@ from dbos import DBOS, DBOSConfiguredInstance, SetWorkflowID
 from d365ct.commercetools import CommercetoolsClient, CommercetoolsError, ResourceNotFound
 from d365ct.config import LegalEntitySettings, Settings
 from d365ct.d365.odata import quote_literal
-from d365ct.errors import D365ctError, TransientError
+from d365ct.errors import D365ctError, PermanentError, TransientError
 from d365ct.flows.customers import (
     CustomerOutcome,
     CustomerSync,
@@ -42,6 +42,7 @@ from d365ct.mapping.customers import (
     MappingError,
 )
 from d365ct.mapping.orders import (
+    CHARGE_ENTITY,
     EXECUTION_FIELD,
     KEY_FIELDS,
     ORDER_ENTITIES,
@@ -123,11 +124,12 @@ class OrderBatch:
         return f"{self.batch_id}-import"
 
     def request(self) -> ImportRequest:
+        charged = any(unit.rows.charges for unit in self.orders)
         return ImportRequest(
             flow=FLOW,
             legal_entity=self.legal_entity,
             definition_group=self.definition_group,
-            entities=ORDER_ENTITIES,
+            entities=(*ORDER_ENTITIES, CHARGE_ENTITY) if charged else ORDER_ENTITIES,
             units=tuple(unit.rows.unit() for unit in self.orders),
             unit_keys=tuple(unit.order_number for unit in self.orders),
             key_fields=KEY_FIELDS,
@@ -792,7 +794,29 @@ async def post_orders(
     else:
         batches = _assigned_batches(flows, units)
     outcomes: list[OrderOutcome] = []
-    for batch, result in await _run(flows, batches):
+    ran = await _run(flows, batches)
+    # A batch that failed for good (one order too large for any package, say) would fail again
+    # as a whole: each of its orders goes once more in a batch of its own, so that only the
+    # culprit fails and the rest of the batch is posted.
+    alone = [
+        OrderBatch(
+            f"{batch.batch_id}-{unit.order_number}",
+            unit.legal_entity,
+            batch.definition_group,
+            (unit,),
+        )
+        for batch, result in ran
+        if isinstance(result, PermanentError) and len(batch.orders) > 1
+        for unit in batch.orders
+    ]
+    if alone:
+        split = {id(b) for b, r in ran if isinstance(r, PermanentError) and len(b.orders) > 1}
+        for batch, _ in ran:
+            if id(batch) in split:
+                state = SyncStateStore(flows.engine)
+                state.delete(ASSIGNMENTS, [u.message_id for u in batch.orders if u.message_id])
+        ran = [(b, r) for b, r in ran if id(b) not in split] + await _run(flows, alone)
+    for batch, result in ran:
         if not isinstance(result, BaseException):
             outcomes.extend(result)
             continue
@@ -802,7 +826,9 @@ async def post_orders(
         for unit in batch.orders:
             if unit.message_id:
                 SyncStateStore(flows.engine).delete(ASSIGNMENTS, [unit.message_id])
-            if may_release(unit.message_id):
+            # a permanent failure (a package over the size limit, say) fails the same way on
+            # every retry: straight to the error queue with its reason
+            if may_release(unit.message_id) and not isinstance(result, PermanentError):
                 released.append(
                     OrderOutcome(
                         unit.order_id,
@@ -855,6 +881,32 @@ async def _load_order(ct: CommercetoolsClient, entry: InboxEntry) -> dict[str, A
     return await ct.get_by_id("orders", message.resource_id)
 
 
+def _within_batch_size(
+    flows: CommerceFlows, items: Sequence[tuple[Mapping[str, Any], str | None]]
+) -> tuple[list[tuple[Mapping[str, Any], str | None]], list[tuple[Mapping[str, Any], str | None]]]:
+    """Split claimed orders into those that fit one micro-batch per legal entity (up to
+    orders.max_orders each, in claim order) and the overflow. Orders already assigned to a
+    batch (claimed again after a crash) always stay, to rejoin it; orders that do not route
+    stay too, for post_orders to queue with the reason."""
+    size = flows.settings.orders.max_orders
+    assigned = SyncStateStore(flows.engine).get_many(ASSIGNMENTS, [mid for _, mid in items if mid])
+    taken: dict[str, int] = {}
+    keep: list[tuple[Mapping[str, Any], str | None]] = []
+    overflow: list[tuple[Mapping[str, Any], str | None]] = []
+    for order, message_id in items:
+        try:
+            entity = route_order(order, flows.settings.legal_entities).id
+        except MappingError:
+            keep.append((order, message_id))
+            continue
+        if message_id and message_id not in assigned and taken.get(entity, 0) >= size:
+            overflow.append((order, message_id))
+            continue
+        taken[entity] = taken.get(entity, 0) + 1
+        keep.append((order, message_id))
+    return keep, overflow
+
+
 def _describe(outcome: OrderOutcome) -> str:
     text = f"{outcome.order_number or outcome.order_id} {outcome.status}"
     if outcome.legal_entity:
@@ -898,27 +950,37 @@ async def post_order_messages(
             result.details.extend(failures.outcomes)
             continue
         items.append((order, message.message_id))
+    items, overflow = _within_batch_size(flows, items)
+    if overflow:
+        # A round claims max_orders per legal entity in all, not per legal entity: what does not
+        # fit its entity's batch waits for the next round rather than cost a D365 job alone.
+        inbox.release_many([mid for _, mid in overflow if mid], not_attempted=True)
+        for _, mid in overflow:
+            results[str(mid)].status = "released"
+            results[str(mid)].outcome = "left for the next micro-batch (this one was full)"
     outcomes = await post_orders(
         flows, items, may_release=lambda mid: attempts.get(mid or "", MAX_ATTEMPTS) < MAX_ATTEMPTS
     )
     for outcome in outcomes:
         if outcome.message_id in results:
             results[outcome.message_id].details.append(outcome)
-    settled: list[str] = []
+    settled: list[tuple[str, str]] = []
+    retry: list[str] = []
     for result in results.values():
         if result.status == "released":
             continue
         outcome_list: list[OrderOutcome] = result.details
         if any(o.status == "released" for o in outcome_list):
-            inbox.release(result.message_id, retry_after=RETRY_AFTER)
+            retry.append(result.message_id)
             result.status = "released"
             result.outcome = "; ".join(f"retry later: {o.error}" for o in outcome_list)
             continue
         result.status = "done" if outcome_list and all(o.ok for o in outcome_list) else "failed"
         result.outcome = "; ".join(_describe(o) for o in outcome_list) or "nothing to post"
-        inbox.mark_processed(result.message_id, result.outcome)
-        settled.append(result.message_id)
-    SyncStateStore(flows.engine).delete(ASSIGNMENTS, settled)
+        settled.append((result.message_id, result.outcome))
+    inbox.release_many(retry, retry_after=RETRY_AFTER)
+    inbox.mark_processed_many(settled)  # the batch's messages in one transaction
+    SyncStateStore(flows.engine).delete(ASSIGNMENTS, [message_id for message_id, _ in settled])
     return list(results.values())
 
 
@@ -1023,32 +1085,56 @@ async def process_inbox(
     settings = flows.settings
     customer_types = settings.intake.customer_update_types
     limit = settings.orders.max_orders * max(1, len(settings.legal_entities))
-    while max_rounds is None or summary.rounds < max_rounds:
-        busy = False
-        customers = inbox.claim(customer_types, limit, worker_id, lease=_lease(flows))
-        if customers:
-            busy = True
-            summary.customers += await sync_customer_messages(flows.customers, inbox, customers)
-        orders = await collect_orders(flows, inbox, worker_id, wait=wait)
-        if orders:
-            busy = True
-            summary.orders += await post_order_messages(flows, inbox, orders)
-        for entry in inbox.claim(IMPORTED_TYPES, limit, worker_id):
-            busy = True
-            text = "skipped: imported orders came from D365 or elsewhere; not posted back"
-            inbox.mark_processed(entry.message.message_id, text)
-            summary.skipped.append(
-                MessageResult(
-                    entry.message.message_id,
-                    entry.message.type,
-                    entry.message.resource_id,
-                    text,
-                    "skipped",
+    # With a window, the next round collects and posts while the previous one still posts (at
+    # most two rounds in flight): its import queues right behind the job in progress (C4) or
+    # runs at once in another legal entity, instead of waiting for the previous round's
+    # write-back and settling too.
+    posting: list[asyncio.Task[list[MessageResult]]] = []
+    try:
+        while max_rounds is None or summary.rounds < max_rounds:
+            busy = False
+            for task in [t for t in posting if t.done()]:
+                posting.remove(task)
+                summary.orders += task.result()
+            customers = inbox.claim(customer_types, limit, worker_id, lease=_lease(flows))
+            if customers:
+                busy = True
+                summary.customers += await sync_customer_messages(flows.customers, inbox, customers)
+            orders = await collect_orders(flows, inbox, worker_id, wait=wait)
+            if orders:
+                busy = True
+                if not wait:
+                    summary.orders += await post_order_messages(flows, inbox, orders)
+                else:
+                    if len(posting) >= 2:
+                        summary.orders += await posting.pop(0)
+                    posting.append(asyncio.create_task(post_order_messages(flows, inbox, orders)))
+            elif posting:
+                # nothing to collect yet, but a round is posting: keep watching for arrivals
+                await asyncio.wait(posting, timeout=0.2, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            for entry in inbox.claim(IMPORTED_TYPES, limit, worker_id):
+                busy = True
+                text = "skipped: imported orders came from D365 or elsewhere; not posted back"
+                inbox.mark_processed(entry.message.message_id, text)
+                summary.skipped.append(
+                    MessageResult(
+                        entry.message.message_id,
+                        entry.message.type,
+                        entry.message.resource_id,
+                        text,
+                        "skipped",
+                    )
                 )
-            )
-        if not busy:
-            break
-        summary.rounds += 1
+            if not busy:
+                break
+            summary.rounds += 1
+    finally:
+        if posting:
+            # an error above must not abandon a round half-way through its write-back
+            await asyncio.wait(posting)
+    for task in posting:
+        summary.orders += await task
     summary.seconds = time.perf_counter() - started
     return summary
 

@@ -203,9 +203,13 @@ async def run_setup(
     [[warehouses]] entry; a customer group `d365-<code>` per D365 customer group of the configured
     legal entities (the prices flow also creates groups it meets on demand).
 
-    Not done here: custom Types and order States (the orders flow's setup), and checking D365
-    data projects, since D365 offers no API to list them (a missing project fails its first job
-    with D365's own error).
+    With a commercetools `orders` client configured, also what the order and customer flows
+    write back into (U3/U4): the custom Types `d365ct-order` and `d365ct-customer` and the order
+    States `d365-pending` (initial) and orders.posted_state, through that client (it needs
+    manage_types and manage_states besides manage_orders).
+
+    Not done here: checking D365 data projects, since D365 offers no API to list them (a missing
+    project fails its first job with D365's own error).
     """
     started = time.monotonic()
     report = SetupReport()
@@ -224,6 +228,12 @@ async def run_setup(
             else:
                 _, items = await ensure_customer_groups(ct, groups)
                 report.items.extend(items)
+            clients = settings.require_commercetools().clients
+            if "orders" in clients:
+                from d365ct.flows.orders import ensure_order_types_and_states
+
+                orders_ct = ad.commercetools("orders")
+                report.items.extend(await ensure_order_types_and_states(orders_ct, settings))
             report.items.append(
                 SetupItem(
                     "d365-data-projects",

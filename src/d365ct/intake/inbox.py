@@ -9,8 +9,11 @@ key is the durable deduplication (SPEC C7), the returned ``deliveries`` tells a 
 (1) from a duplicate (> 1) without a second query, and the row's ``status`` is decided inside
 the same statement — ``ignored`` for a type nobody handles, ``stale`` when the resource's
 high-water mark (``intake_streams.applied_position``) is already at or past the message's
-position, else ``pending``. It commits before returning, so a transport may acknowledge (HTTP
-2xx, SQS delete, Service Bus complete) as soon as ``accept`` returns. Round trips per message:
+position, else ``pending``. The statement is built once per Inbox with bound parameters
+(one for handled types, one for ignored ones); a message only binds its values, so the CPU of
+an accept is the database's, not statement construction. It commits before returning, so a
+transport may acknowledge (HTTP 2xx, SQS delete, Service Bus complete) as soon as ``accept``
+returns. Round trips per message:
 one on PostgreSQL (the single statement runs in autocommit, which is atomic and durable),
 three on SQLite (``BEGIN IMMEDIATE``, the statement, ``COMMIT``); a batch shares the
 transaction. ``Inbox.stats.round_trips`` counts them (benchmark B5).
@@ -175,6 +178,7 @@ class Inbox:
         self._now = clock
         self.stats = InboxStats()
         self._token = f"inbox-{id(self)}"
+        self._statements: dict[bool, sa.Executable] = {}  # accept, by "type is handled"
         self._listeners: list[tuple[str, Callable[..., None]]] = [
             ("before_cursor_execute", self._on_execute),
             ("begin", self._on_begin),
@@ -220,35 +224,47 @@ class Inbox:
 
     # -- accept ----------------------------------------------------------------------------------
 
-    def _insert(self, message: IntakeMessage, source: str, now: datetime) -> sa.Executable:
-        if message.type in self.handled_types:
+    def _accept_statement(self, handled: bool) -> sa.Executable:
+        """The accept statement, built once per Inbox (handled types, and ignored ones) with
+        bound parameters: a batch then costs its executions, not one statement built and
+        compiled per message (SQLAlchemy's cache key of a literal-laden statement is rebuilt
+        every time)."""
+        held = self._statements.get(handled)
+        if held is not None:
+            return held
+        if handled:
             already_applied = sa.exists().where(
-                intake_streams.c.resource_type == message.resource_type,
-                intake_streams.c.resource_id == message.resource_id,
-                intake_streams.c.kind == message.kind,
-                intake_streams.c.applied_position >= message.position,
+                intake_streams.c.resource_type == sa.bindparam("resource_type"),
+                intake_streams.c.resource_id == sa.bindparam("resource_id"),
+                intake_streams.c.kind == sa.bindparam("kind"),
+                intake_streams.c.applied_position >= sa.bindparam("position"),
             )
             status: Any = sa.case((already_applied, "stale"), else_="pending")
         else:
-            status = "ignored"
+            status = sa.literal("ignored")
         insert = (postgresql.insert if self._pg else sqlite.insert)(intake_messages)
-        return (
+        columns = (
+            "message_id",
+            "kind",
+            "type",
+            "resource_type",
+            "resource_id",
+            "position",
+            "sequence_number",
+            "resource_version",
+            "payload_included",
+            "source",
+            "raw",
+            "received_at",
+        )
+        statement = (
             insert.values(
-                message_id=message.message_id,
-                kind=message.kind,
-                type=message.type,
-                resource_type=message.resource_type,
-                resource_id=message.resource_id,
-                position=message.position,
-                sequence_number=message.sequence_number,
-                resource_version=message.resource_version,
-                payload_included=message.payload_included,
-                source=source,
-                raw=message.raw,
-                status=status,
-                deliveries=1,
-                attempts=0,
-                received_at=now,
+                {
+                    **{n: sa.bindparam(n, type_=intake_messages.c[n].type) for n in columns},
+                    "status": status,
+                    "deliveries": 1,
+                    "attempts": 0,
+                }
             )
             .on_conflict_do_update(
                 index_elements=[intake_messages.c.message_id],
@@ -256,6 +272,25 @@ class Inbox:
             )
             .returning(intake_messages.c.status, intake_messages.c.deliveries)
         )
+        self._statements[handled] = statement
+        return statement
+
+    @staticmethod
+    def _parameters(message: IntakeMessage, source: str, now: datetime) -> dict[str, Any]:
+        return {
+            "message_id": message.message_id,
+            "kind": message.kind,
+            "type": message.type,
+            "resource_type": message.resource_type,
+            "resource_id": message.resource_id,
+            "position": message.position,
+            "sequence_number": message.sequence_number,
+            "resource_version": message.resource_version,
+            "payload_included": message.payload_included,
+            "source": source,
+            "raw": message.raw,
+            "received_at": now,
+        }
 
     def accept(self, message: IntakeMessage, *, source: str = "http") -> AcceptResult:
         """Store one delivery durably (committed on return) and say what became of it."""
@@ -272,7 +307,8 @@ class Inbox:
         single_statement = self._pg and len(messages) == 1
         with self._connect(autocommit=single_statement) as conn, conn.begin():
             for message in messages:
-                row: Any = conn.execute(self._insert(message, source, now)).one()
+                statement = self._accept_statement(message.type in self.handled_types)
+                row: Any = conn.execute(statement, self._parameters(message, source, now)).one()
                 rows.append((str(row.status), int(row.deliveries)))
         results = []
         for message, (stored, deliveries) in zip(messages, rows, strict=True):
@@ -473,55 +509,78 @@ class Inbox:
         Idempotent: settling an already processed message again changes nothing and returns
         False. Raises LookupError for an unknown id.
         """
+        return self.mark_processed_many([(message_id, outcome)])[0]
+
+    def mark_processed_many(self, settled: Sequence[tuple[str, str]]) -> list[bool]:
+        """``mark_processed`` for (message id, outcome) pairs, in one transaction (a micro-batch
+        settles its messages together: one commit instead of one per message)."""
+        if not settled:
+            return []
         now = self._now()
-        m = intake_messages
+        superseded = 0
+        done: list[bool] = []
         with self._engine.begin() as conn:
-            row = conn.execute(
-                sa.update(m)
-                .where(m.c.message_id == message_id, m.c.status == "pending")
-                .values(
-                    status="processed",
-                    outcome=outcome,
-                    processed_at=now,
-                    claimed_by=None,
-                    lease_until=None,
-                )
-                .returning(m.c.resource_type, m.c.resource_id, m.c.kind, m.c.position)
-            ).first()
-            if row is None:
-                exists = conn.execute(
-                    sa.select(m.c.status).where(m.c.message_id == message_id)
-                ).scalar()
-                if exists is None:
-                    raise LookupError(f"no intake message {message_id!r}")
-                return False
-            insert = (postgresql.insert if self._pg else sqlite.insert)(intake_streams)
-            conn.execute(
-                insert.values(
-                    resource_type=row.resource_type,
-                    resource_id=row.resource_id,
-                    kind=row.kind,
-                    applied_position=row.position,
-                    updated_at=now,
-                ).on_conflict_do_update(
-                    index_elements=[
-                        intake_streams.c.resource_type,
-                        intake_streams.c.resource_id,
-                        intake_streams.c.kind,
-                    ],
-                    set_={
-                        "applied_position": sa.case(
-                            (
-                                intake_streams.c.applied_position < row.position,
-                                row.position,
-                            ),
-                            else_=intake_streams.c.applied_position,
-                        ),
-                        "updated_at": now,
-                    },
-                )
+            for message_id, outcome in settled:
+                count = self._settle(conn, message_id, outcome, now)
+                done.append(count is not None)
+                superseded += count or 0
+        if superseded:
+            self.stats.add("stale", superseded)
+        return done
+
+    def _settle(
+        self, conn: sa.Connection, message_id: str, outcome: str, now: datetime
+    ) -> int | None:
+        """Settle one message in `conn`: None when it was settled before, else how many older
+        pending messages of its stream became stale."""
+        m = intake_messages
+        row = conn.execute(
+            sa.update(m)
+            .where(m.c.message_id == message_id, m.c.status == "pending")
+            .values(
+                status="processed",
+                outcome=outcome,
+                processed_at=now,
+                claimed_by=None,
+                lease_until=None,
             )
-            superseded = conn.execute(
+            .returning(m.c.resource_type, m.c.resource_id, m.c.kind, m.c.position)
+        ).first()
+        if row is None:
+            exists = conn.execute(
+                sa.select(m.c.status).where(m.c.message_id == message_id)
+            ).scalar()
+            if exists is None:
+                raise LookupError(f"no intake message {message_id!r}")
+            return None
+        insert = (postgresql.insert if self._pg else sqlite.insert)(intake_streams)
+        conn.execute(
+            insert.values(
+                resource_type=row.resource_type,
+                resource_id=row.resource_id,
+                kind=row.kind,
+                applied_position=row.position,
+                updated_at=now,
+            ).on_conflict_do_update(
+                index_elements=[
+                    intake_streams.c.resource_type,
+                    intake_streams.c.resource_id,
+                    intake_streams.c.kind,
+                ],
+                set_={
+                    "applied_position": sa.case(
+                        (
+                            intake_streams.c.applied_position < row.position,
+                            row.position,
+                        ),
+                        else_=intake_streams.c.applied_position,
+                    ),
+                    "updated_at": now,
+                },
+            )
+        )
+        return int(
+            conn.execute(
                 sa.update(m)
                 .where(
                     m.c.resource_type == row.resource_type,
@@ -538,22 +597,37 @@ class Inbox:
                     lease_until=None,
                 )
             ).rowcount
-        if superseded:
-            self.stats.add("stale", superseded)
-        return True
+        )
 
     def release(self, message_id: str, *, retry_after: timedelta | None = None) -> None:
         """Give a claimed message back, to be claimed again now or after ``retry_after``.
 
         While it waits, later messages of its resource wait too: order is kept.
         """
+        self.release_many([message_id], retry_after=retry_after)
+
+    def release_many(
+        self,
+        message_ids: Sequence[str],
+        *,
+        retry_after: timedelta | None = None,
+        not_attempted: bool = False,
+    ) -> None:
+        """``release`` for several messages in one statement. ``not_attempted``: the claim did
+        not try them (a full micro-batch left them for the next round), so it does not count
+        as an attempt either."""
+        if not message_ids:
+            return
         m = intake_messages
+        values: dict[str, Any] = {
+            "claimed_by": None,
+            "lease_until": None if retry_after is None else self._now() + retry_after,
+        }
+        if not_attempted:
+            values["attempts"] = sa.case((m.c.attempts > 0, m.c.attempts - 1), else_=0)
         with self._engine.begin() as conn:
             conn.execute(
                 sa.update(m)
-                .where(m.c.message_id == message_id, m.c.status == "pending")
-                .values(
-                    claimed_by=None,
-                    lease_until=None if retry_after is None else self._now() + retry_after,
-                )
+                .where(m.c.message_id.in_(list(message_ids)), m.c.status == "pending")
+                .values(**values)
             )

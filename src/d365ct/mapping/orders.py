@@ -13,7 +13,11 @@ from typing import Any
 
 from d365ct.commercetools.actions import money_value
 from d365ct.config import LegalEntitySettings, OrderSettings
-from d365ct.d365.entities import SALES_ORDER_HEADERS_V2, SALES_ORDER_LINES_V2
+from d365ct.d365.entities import (
+    SALES_ORDER_HEADER_CHARGES_V2,
+    SALES_ORDER_HEADERS_V2,
+    SALES_ORDER_LINES_V2,
+)
 from d365ct.mapping.catalog import DIMENSION_ATTRIBUTES, ITEM_ATTRIBUTE
 from d365ct.mapping.customers import (
     MappingError,
@@ -26,6 +30,7 @@ from d365ct.mapping.customers import (
 )
 
 __all__ = [
+    "CHARGE_ENTITY",
     "EXECUTION_FIELD",
     "KEY_FIELDS",
     "ORDER_ENTITIES",
@@ -51,28 +56,37 @@ STATUS_FIELD = "d365SyncStatus"  # posted | failed
 PENDING_STATE = "d365-pending"  # initial order State; posted_state is reached from it
 MAX_ORDER_NUMBER = 20  # SalesOrderHeadersV2.SalesOrderNumber
 ORDER_ENTITIES = (SALES_ORDER_HEADERS_V2.label, SALES_ORDER_LINES_V2.label)
+# Header charges (shipping posted as a charge) come after the headers they belong to; a package
+# names the entity only when one of its orders has a charge.
+CHARGE_ENTITY = SALES_ORDER_HEADER_CHARGES_V2.label
 # The field of each entity's rows holding the order number: D365's error keys map back by it.
-KEY_FIELDS = {label: "SalesOrderNumber" for label in ORDER_ENTITIES}
+KEY_FIELDS = {label: "SalesOrderNumber" for label in (*ORDER_ENTITIES, CHARGE_ENTITY)}
+MAX_CHARGE_DESCRIPTION = 60  # SalesOrderHeaderChargesV2.ChargeDescription
 PRICE_QUANTUM = Decimal("0.000001")
 _DIMENSIONS = {attribute: field for field, attribute in DIMENSION_ATTRIBUTES}
 
 
 @dataclass(frozen=True)
 class SalesOrderRows:
-    """One order as D365 rows: the unit of a package (a header never travels without its lines)."""
+    """One order as D365 rows: the unit of a package (a header never travels without its lines
+    and charges)."""
 
     order_number: str
     legal_entity: str
     header: dict[str, Any]
     lines: tuple[dict[str, Any], ...]
+    charges: tuple[dict[str, Any], ...] = ()  # header charges: shipping when posted as a charge
 
     def unit(self) -> tuple[tuple[str, Mapping[str, Any]], ...]:
         header = ((SALES_ORDER_HEADERS_V2.label, self.header),)
-        return header + tuple((SALES_ORDER_LINES_V2.label, line) for line in self.lines)
+        lines = tuple((SALES_ORDER_LINES_V2.label, line) for line in self.lines)
+        return header + lines + tuple((CHARGE_ENTITY, charge) for charge in self.charges)
 
     @property
     def total(self) -> Decimal:
-        return sum((Decimal(line["LineAmount"]) for line in self.lines), Decimal(0))
+        """What D365 will invoice: the line amounts plus the fixed charges."""
+        lines = sum((Decimal(line["LineAmount"]) for line in self.lines), Decimal(0))
+        return lines + sum((Decimal(c["FixedChargeAmount"]) for c in self.charges), Decimal(0))
 
 
 def order_number_for(order_id: str, prefix: str) -> str:
@@ -254,8 +268,10 @@ def sales_order_rows(
     SalesPrice = the unit price (the product-discounted one when there is one),
     LineAmount = the line's totalPrice (after cart discounts), LineDiscountAmount = the
     difference. Shipping becomes one more line with `shipping_item` when `shipping_as` is
-    "line". Custom line items have no D365 item and refuse the order; so does a total that the
-    lines do not add up to (a discount on the total price, say), since the ledger would be off.
+    "line", or a fixed header charge with `shipping_charge_code` (the discounted shipping price)
+    when it is "charge". Custom line items have no D365 item and refuse the order; so does a
+    total that the lines and charges do not add up to (a discount on the total price, say),
+    since the ledger would be off.
     """
     currency = str((order.get("totalPrice") or {}).get("currencyCode") or "")
     if not currency:
@@ -312,12 +328,26 @@ def sales_order_rows(
     if not lines:
         raise MappingError(f"order {order_number} has no line items", key=order_number)
     expected = money_value(order["totalPrice"])
-    shipping_total = Decimal(0)
+    charges: list[dict[str, Any]] = []
     for info in _shipping_infos(order):
         price = money_value(info["price"])
         amount = money_value((info.get("discountedPrice") or {}).get("value") or info["price"])
-        shipping_total += amount
-        if settings.shipping_as == "line" and (price or amount):
+        if settings.shipping_as == "charge" and amount:
+            charges.append(
+                {
+                    "dataAreaId": legal_entity.id,
+                    "SalesOrderNumber": order_number,
+                    "ChargeLineNumber": len(charges) + 1,
+                    "SalesChargeCode": settings.shipping_charge_code,
+                    "ChargeCategory": "Fixed",
+                    "FixedChargeAmount": amount,
+                    "ChargeAccountingCurrencyCode": currency,
+                    "ChargeDescription": clip(
+                        info.get("shippingMethodName") or "Shipping", MAX_CHARGE_DESCRIPTION
+                    ),
+                }
+            )
+        elif settings.shipping_as == "line" and (price or amount):
             lines.append(
                 _line(
                     order_number,
@@ -338,8 +368,9 @@ def sales_order_rows(
             {"dataAreaId": legal_entity.id, **{k: v for k, v in line.items() if v is not None}}
             for line in lines
         ),
+        tuple(charges),
     )
-    posted = rows.total + (shipping_total if settings.shipping_as == "charge" else Decimal(0))
+    posted = rows.total
     if posted != expected:
         raise MappingError(
             f"order {order_number}: the lines add up to {posted} {currency} but the order total "

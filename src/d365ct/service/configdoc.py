@@ -96,7 +96,9 @@ EXTRA_HELP: Final[dict[str, str]] = {
     "inventory.export_project": "DMF data project exporting on-hand for the nightly "
     "reconciliation.",
     "orders.shipping_as": "Post commercetools shipping as a D365 sales order line (item "
-    "shipping_item) or as a charge.",
+    "shipping_item) or as a sales order header charge (charges code shipping_charge_code).",
+    "orders.shipping_charge_code": "D365 charges code of shipping posted as a header charge "
+    "(Accounts receivable > Charges setup > Charges code).",
     "catalog.publish": "Publish products after each change.",
     "intake.kind": "Where commercetools Subscription messages arrive: http (POST "
     "/intake/commercetools), sqs or servicebus.",
