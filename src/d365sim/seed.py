@@ -927,6 +927,36 @@ def _order_lines(cat: _Catalog) -> Iterator[Row]:
             yield from lines
 
 
+# Freight per delivery mode, in minor units of the company's currency.
+_FREIGHT_CENTS = {"Truck": 4_900, "Parcel": 995, "Air": 2_450}
+
+
+def _order_charges(cat: _Catalog) -> Iterator[Row]:
+    """A freight charge on each open order shipped by parcel or air. Invoiced orders carry none,
+    because the seeded invoice totals are the sum of their lines."""
+    for ci, c in enumerate(COMPANIES):
+        for header, *_ in cat.orders(ci):
+            mode = str(header["DeliveryModeCode"])
+            if header["SalesOrderStatus"] == "Invoiced" or mode == "Truck":
+                continue
+            yield {
+                "dataAreaId": c.id,
+                "SalesOrderNumber": header["SalesOrderNumber"],
+                "ChargeLineNumber": _INT[1],
+                "SalesChargeCode": "FREIGHT",
+                "ChargeCategory": "Fixed",
+                "FixedChargeAmount": _money(_FREIGHT_CENTS[mode]),
+                "ChargePercentage": _ZERO2,
+                "ExternalChargeAmount": _ZERO2,
+                "ChargeAccountingCurrencyCode": c.currency,
+                "ChargeDescription": f"Freight ({mode})",
+                "SalesTaxGroupCode": "",
+                "SalesTaxItemGroupCode": "",
+                "WillInvoiceProcessingKeepCharge": "Yes",
+                "IsIntercompanyCharge": "No",
+            }
+
+
 def _invoices(cat: _Catalog) -> Iterator[Row]:
     for ci, c in enumerate(COMPANIES):
         invoice = 0
@@ -977,6 +1007,7 @@ def generate(
         "CustomersV3": _customers,
         "SalesOrderHeadersV2": _order_headers,
         "SalesOrderLines": _order_lines,
+        "SalesOrderHeaderChargesV2": _order_charges,
         "SalesInvoiceHeadersV2": _invoices,
     }
     # A set added to entities.py without seed data here is served empty.
