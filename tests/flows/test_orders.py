@@ -3,6 +3,7 @@ SQLite. Messages are built as commercetools would send them (the mock sends none
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import uuid
@@ -681,6 +682,17 @@ async def test_with_a_window_the_batch_waits_for_more_orders(env: CommerceEnv) -
     )
     assert late == ["accepted"] and len(claimed) == 2
     assert await collect_orders(windowed, env.inbox, "w", wait=True) == []  # nothing left
+
+    # A stopping worker closes the window at once and posts what it holds.
+    env.deliver(order_created(env, order(2)))
+    stop = asyncio.Event()
+    stop.set()
+
+    async def no_sleep(seconds: float) -> None:
+        raise AssertionError("the window stayed open after stop")
+
+    held = await collect_orders(windowed, env.inbox, "w", wait=True, sleep=no_sleep, stop=stop)
+    assert len(held) == 1
 
 
 @pytest.fixture

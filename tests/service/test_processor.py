@@ -62,7 +62,13 @@ async def test_stop_finishes_the_round_in_hand(
     async with proc.running():
         await asyncio.sleep(0.1)  # the first round is in hand
     assert rounds.finished == 1 and proc.stats.rounds == 1
-    assert rounds.calls[0] == {"worker_id": "w1", "wait": True, "max_rounds": 1}
+    call = rounds.calls[0]
+    assert {k: call[k] for k in ("worker_id", "wait", "max_rounds")} == {
+        "worker_id": "w1",
+        "wait": True,
+        "max_rounds": 1,
+    }
+    assert call["stop"].is_set()  # stopping closes the batch window of the round in hand
 
 
 async def test_idle_rounds_poll_and_call_the_idle_hook(

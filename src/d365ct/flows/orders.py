@@ -1044,11 +1044,13 @@ async def collect_orders(
     wait: bool,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    stop: asyncio.Event | None = None,
 ) -> list[InboxEntry]:
     """Claim OrderCreated messages for one micro-batch round: up to orders.max_orders per legal
     entity. With `wait`, keep claiming until that many or until the oldest claimed message has
     waited orders.max_wait_seconds (the window is measured from receipt, across legal
-    entities); without, take what is there now (a drain)."""
+    entities); without, take what is there now (a drain). A set `stop` closes the window at
+    once: what is claimed is posted now rather than left leased by a stopping worker."""
     settings = flows.settings.orders
     limit = settings.max_orders * max(1, len(flows.settings.legal_entities))
     lease = _lease(flows)
@@ -1056,7 +1058,7 @@ async def collect_orders(
     if not wait or not claimed:
         return claimed
     window = timedelta(seconds=settings.max_wait_seconds)
-    while len(claimed) < limit:
+    while len(claimed) < limit and not (stop is not None and stop.is_set()):
         oldest = min(e.received_at for e in claimed)
         remaining = (oldest + window - clock()).total_seconds()
         if remaining <= 0:
@@ -1073,9 +1075,11 @@ async def process_inbox(
     worker_id: str = "d365ct",
     wait: bool = False,
     max_rounds: int | None = None,
+    stop: asyncio.Event | None = None,
 ) -> ProcessSummary:
     """Drain the inbox once: customer messages first (so orders find their customers), then
-    order micro-batches, round after round until nothing is claimable; then return.
+    order micro-batches, round after round until nothing is claimable; then return. A set
+    `stop` closes the batch window of the round in hand (see collect_orders).
 
     Messages released for a retry, and updates still waiting for their creation, are not
     claimable yet: a drain leaves them for the next one.
@@ -1100,7 +1104,7 @@ async def process_inbox(
             if customers:
                 busy = True
                 summary.customers += await sync_customer_messages(flows.customers, inbox, customers)
-            orders = await collect_orders(flows, inbox, worker_id, wait=wait)
+            orders = await collect_orders(flows, inbox, worker_id, wait=wait, stop=stop)
             if orders:
                 busy = True
                 if not wait:

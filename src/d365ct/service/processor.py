@@ -103,7 +103,7 @@ class InboxProcessor:
         from d365ct.flows.orders import process_inbox
 
         summary = await process_inbox(
-            self.flows, self.inbox, worker_id=self.worker, wait=True, max_rounds=1
+            self.flows, self.inbox, worker_id=self.worker, wait=True, max_rounds=1, stop=self._stop
         )
         counts = summary.counts()
         busy = summary.rounds > 0
