@@ -230,7 +230,11 @@ async def test_bad_input_reaches_the_error_queue_with_its_reason(
     assert "ZZ404" in d365.error and "Released products" in d365.error  # D365's own text
     route = entries[("orders", "route")]
     assert route.business_key == "BAD-STORE" and "fr-store" in route.error
-    assert len(entries) == 3  # the unknown type is recorded as ignored, not as an error
+    # A type nobody handles is recorded as ignored, and named once in the error queue.
+    unhandled = entries[("subscription", "accept")]
+    assert unhandled.business_key == "message-type:OrderNoteAdded"
+    assert "Narrow the Subscription" in unhandled.error
+    assert len(entries) == 4
     assert env.inbox.counts()["ignored"] == 1
 
 

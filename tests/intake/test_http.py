@@ -147,7 +147,7 @@ async def test_event_grid_batch_with_a_malformed_event(
         "ignored": 1,
         "malformed": 1,
     }
-    [error] = ErrorQueue(sqlite_engine).list()
+    [error] = ErrorQueue(sqlite_engine).list(flow="intake")
     assert error.flow == "intake" and "must be a JSON object" in error.error
     assert json.loads(error.payload["body"])["id"] == "broken"
 
@@ -158,7 +158,7 @@ async def test_bad_json_is_400_and_recorded(
     r = await client.post(INTAKE_PATH, content=b"{this is not json", headers=AUTH)
     assert r.status_code == 400
     assert "not JSON" in r.json()["detail"]
-    [error] = ErrorQueue(sqlite_engine).list()
+    [error] = ErrorQueue(sqlite_engine).list(flow="intake")
     assert error.payload["body"] == "{this is not json"
     assert error.payload["source"] == "http"
 
@@ -170,7 +170,7 @@ async def test_missing_fields_is_400_and_recorded(
     del body["resource"]
     r = await client.post(INTAKE_PATH, json=body, headers=AUTH)
     assert r.status_code == 400
-    [error] = ErrorQueue(sqlite_engine).list()
+    [error] = ErrorQueue(sqlite_engine).list(flow="intake")
     assert error.business_key == "m-nores"
     assert "resource" in error.error
 
@@ -182,7 +182,7 @@ async def test_oversized_body_is_413_and_recorded_truncated(
     async with httpx.AsyncClient(transport=transport, base_url="http://intake") as c:
         r = await c.post(INTAKE_PATH, content=b"[" + b" " * 5000 + b"]", headers=AUTH)
     assert r.status_code == 413
-    [error] = ErrorQueue(sqlite_engine).list()
+    [error] = ErrorQueue(sqlite_engine).list(flow="intake")
     assert len(error.payload["body"]) <= 1001
 
 

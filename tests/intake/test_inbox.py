@@ -108,6 +108,20 @@ def test_unknown_type_is_recorded_as_ignored_and_never_claimed(inbox: Inbox) -> 
     assert inbox.accept(m).status == "duplicate"
 
 
+def test_an_unhandled_type_is_named_once_in_the_error_queue(inbox: Inbox) -> None:
+    errors = ErrorQueue(inbox._engine)
+    first = msg(samples.order_state_changed("o-1", seq=2))
+    inbox.accept(first)
+    [entry] = errors.list(flow="subscription")
+    assert entry.business_key == "message-type:OrderStateChanged"
+    assert entry.payload["message_id"] == first.message_id
+    # More of the type, even after the entry is resolved, are only counted as ignored.
+    errors.close(entry.id, "resolved", note="expected: the Subscription sends every order message")
+    inbox.accept_many([msg(samples.order_state_changed(f"o-{n}", seq=2)) for n in range(2, 5)])
+    assert errors.list(flow="subscription", status=None) == [errors.get(entry.id)]
+    assert inbox.counts()["ignored"] == 4
+
+
 def test_payload_not_included_is_accepted_for_the_flow_to_fetch(inbox: Inbox) -> None:
     m = msg(samples.payload_not_included("o-big"))
     assert inbox.accept(m).status == "accepted"

@@ -147,7 +147,7 @@ async def test_completes_after_accept_and_dead_letters_poison(
     assert renewer.registered == [good, duplicate, cloud, ignored, poison, missing]
     assert renewer.closed
     assert len(sqlite_inbox.pending()) == 2
-    errors = ErrorQueue(sqlite_engine).list()
+    errors = ErrorQueue(sqlite_engine).list(flow="intake")
     assert {e.business_key for e in errors} >= {"m-x"}
     assert all(e.payload["source"] == "servicebus" for e in errors)
 

@@ -104,7 +104,7 @@ async def test_drains_the_queue_into_the_inbox(
     assert queue_depth(sqs, queue_url) == (0, 0)
     pending = sqlite_inbox.pending(limit=100)
     assert len(pending) == 15 and all(e.source == "sqs" for e in pending)
-    [error] = ErrorQueue(sqlite_engine).list()
+    [error] = ErrorQueue(sqlite_engine).list(flow="intake")
     assert error.payload["body"] == "this is { not json" and error.payload["source"] == "sqs"
 
 

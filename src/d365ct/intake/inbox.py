@@ -94,6 +94,8 @@ CREATION_TYPES: Final = frozenset(
     {"OrderCreated", "OrderImported", "CustomerCreated", "ResourceCreated"}
 )
 ERROR_FLOW: Final = "intake"
+# The error-queue flow of message types nobody handles: one entry per type, ever (see accept_many)
+UNHANDLED_FLOW: Final = "subscription"
 ERROR_BODY_LIMIT: Final = 64 * 1024
 _CLAIM_LOCK_ID: Final = 0x0D365C8  # pg advisory lock serialising claims (see module docstring)
 _COUNT_OPTION: Final = "d365ct_inbox_round_trips"
@@ -323,7 +325,37 @@ class Inbox:
                 outcome = "ignored"
             self.stats.add(outcome)
             results.append(AcceptResult(message.message_id, outcome, deliveries, stored))
+        unhandled = {
+            message.type: message
+            for message, result in zip(messages, results, strict=True)
+            if result.status == "ignored"
+        }
+        for message in unhandled.values():
+            self._report_unhandled(message)
         return results
+
+    def _report_unhandled(self, message: IntakeMessage) -> None:
+        """The first message of a type nobody handles opens one error-queue entry, so that a
+        person sees the Subscription sends more than d365ct acts on; later ones are only
+        counted as ignored (the inbox keeps each of them)."""
+        from d365ct.store.error_queue import ErrorQueue
+
+        ErrorQueue(self._engine).add_once(
+            flow=UNHANDLED_FLOW,
+            business_key=f"message-type:{message.type}",
+            step="accept",
+            error=(
+                f"commercetools sends {message.type} messages, which d365ct does not act on: "
+                "they are recorded as ignored and acknowledged. Narrow the Subscription's "
+                "message types (docs/orders-and-customers.md), then resolve this entry; it is "
+                "not raised again for this type."
+            ),
+            payload={
+                "message_id": message.message_id,
+                "type": message.type,
+                "resource": f"{message.resource_type}/{message.resource_id}",
+            },
+        )
 
     def reject(
         self,

@@ -123,6 +123,22 @@ class ErrorQueue:
             row = conn.execute(sa.select(error_queue).where(error_queue.c.id == entry_id)).one()
         return _entry(row)
 
+    def add_once(
+        self, *, flow: str, business_key: str, step: str, error: str, payload: Any = None
+    ) -> bool:
+        """Record a condition once, ever: nothing when any entry (open or closed) has this key.
+        For notices a person settles once, such as a message type nobody handles."""
+        with self._engine.connect() as conn:
+            seen = conn.execute(
+                sa.select(error_queue.c.id)
+                .where(error_queue.c.flow == flow, error_queue.c.business_key == business_key)
+                .limit(1)
+            ).first()
+        if seen is not None:
+            return False
+        self.add(flow=flow, business_key=business_key, step=step, error=error, payload=payload)
+        return True
+
     def get(self, entry_id: int) -> ErrorEntry | None:
         with self._engine.connect() as conn:
             row = conn.execute(sa.select(error_queue).where(error_queue.c.id == entry_id)).first()
