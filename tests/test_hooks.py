@@ -66,3 +66,14 @@ def test_a_valid_hook_loads_with_the_settings(tmp_path: Path) -> None:
     )
     settings = load_settings(path, environ={})
     assert settings.inventory.mapping.hook == "d365ct.mapping.examples:hold_back_safety_stock"
+
+
+def test_the_price_hook_loads_at_start_up_and_a_broken_one_names_its_key(tmp_path: Path) -> None:
+    path = tmp_path / "d365ct.toml"
+    path.write_text(MINIMAL + '[prices.mapping]\nhook = "d365ct.mapping.examples:charm_prices"\n')
+    assert load_settings(path, environ={}).prices.mapping.hook == (
+        "d365ct.mapping.examples:charm_prices"
+    )
+    path.write_text(MINIMAL + '[prices.mapping]\nhook = "d365ct.mapping.examples:nope"\n')
+    with pytest.raises(ConfigurationError, match=r"^prices\.mapping\.hook = 'd365ct\.mapping"):
+        load_settings(path, environ={})

@@ -234,6 +234,19 @@ class InventoryMappingSettings(_Section):
         return _check_hook_spec(value)
 
 
+class PriceMappingSettings(_Section):
+    """Overrides of the default standalone price mapping."""
+
+    # "package.module:function" called as function(draft, row) -> draft per StandalonePrice;
+    # it may change value, validity, customerGroup, country and channel, not key or sku
+    hook: str | None = None
+
+    @field_validator("hook")
+    @classmethod
+    def _hook_spec(cls, value: str | None) -> str | None:
+        return _check_hook_spec(value)
+
+
 def _check_hook_spec(value: str | None) -> str | None:
     if value is None:
         return None
@@ -269,6 +282,7 @@ class InventorySettings(_Section):
 class PriceSettings(_Section):
     # `d365ct run`: cron (UTC) of the price delta sync; "" = off
     schedule: str = "15,45 * * * *"
+    mapping: PriceMappingSettings = PriceMappingSettings()
 
 
 class IntakeSettings(_Section):

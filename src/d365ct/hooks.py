@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CATALOG_HOOK_KEY",
     "INVENTORY_HOOK_KEY",
+    "PRICES_HOOK_KEY",
     "MappingHook",
     "MappingHooks",
     "load_hook",
@@ -30,12 +31,14 @@ MappingHook = Callable[[dict[str, Any], Mapping[str, Any]], dict[str, Any]]
 
 CATALOG_HOOK_KEY = "catalog.mapping.hook"
 INVENTORY_HOOK_KEY = "inventory.mapping.hook"
+PRICES_HOOK_KEY = "prices.mapping.hook"
 
 
 @dataclass(frozen=True)
 class MappingHooks:
     catalog: MappingHook | None = None
     inventory: MappingHook | None = None
+    prices: MappingHook | None = None
 
 
 def load_hook(spec: str | None, key: str) -> MappingHook | None:
@@ -57,6 +60,7 @@ def load_hooks(settings: Settings) -> MappingHooks:
     return MappingHooks(
         catalog=load_hook(settings.catalog.mapping.hook, CATALOG_HOOK_KEY),
         inventory=load_hook(settings.inventory.mapping.hook, INVENTORY_HOOK_KEY),
+        prices=load_hook(settings.prices.mapping.hook, PRICES_HOOK_KEY),
     )
 
 

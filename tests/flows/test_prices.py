@@ -9,7 +9,9 @@ from decimal import Decimal
 from typing import Any
 
 from d365ct.commercetools import fraction_digits
+from d365ct.config import PriceMappingSettings
 from d365ct.flows.prices import sync_prices
+from d365ct.store.error_queue import ErrorQueue
 from d365ct.store.sync_state import SyncStateStore
 from tests.flows.test_catalog import Harness, harness  # noqa: F401
 
@@ -206,3 +208,66 @@ async def test_dry_run_writes_nothing(harness: Harness) -> None:  # noqa: F811
     assert plan.created == plan.records > 0 and plan.plan[0]["action"] == "create"
     assert h.ct.api_responses() == [] and SyncStateStore(h.engine).count("prices") == 0
     assert isinstance(plan.plan[0]["draft"]["value"]["centAmount"], int)
+
+
+def charmed(cents: int, digits: int) -> int:
+    """The example hook's rule, written out independently: down to the nearest …99."""
+    unit = 10**digits
+    return cents if cents + 1 < unit else (cents + 1) // unit * unit - 1
+
+
+async def test_a_price_hook_change_lands_and_a_second_sync_writes_nothing(
+    harness: Harness,  # noqa: F811
+) -> None:
+    h = harness
+    await sync_prices(h.settings, h.engine)
+    before = {p["id"]: p for p in ct_prices(h)}
+    moved = {
+        rid: charmed(p["value"]["centAmount"], p["value"]["fractionDigits"])
+        for rid, p in before.items()
+        if charmed(p["value"]["centAmount"], p["value"]["fractionDigits"])
+        != p["value"]["centAmount"]
+    }
+    assert moved  # the seed has prices that do not end in …99
+    prices = h.settings.prices.model_copy(
+        update={
+            "mapping": PriceMappingSettings(hook="d365ct.mapping.examples:charm_prices"),
+        }
+    )
+    settings = h.settings.model_copy(update={"prices": prices})
+
+    # dry runs apply the hook too: the plan names the values it would write, and nothing moves
+    plan = await sync_prices(settings, h.engine, dry_run=True, event_hooks=h.hooks())
+    assert plan.updated == len(moved) and plan.created == plan.deleted == 0
+    assert h.ct.api_responses() == []
+
+    summary = await sync_prices(settings, h.engine, event_hooks=h.hooks())
+    assert summary.ok and summary.updated == len(moved)
+    assert summary.created == summary.deleted == 0  # a value is no scope change
+    after = {p["id"]: p for p in ct_prices(h)}
+    assert set(after) == set(before)
+    for rid, price in after.items():
+        assert price["value"]["centAmount"] == moved.get(rid, before[rid]["value"]["centAmount"])
+    usd = price_row(h, "usmf", "USD")
+    held = [p["value"]["centAmount"] for p in find(list(after.values()), usd["ItemNumber"], "USD")]
+    assert charmed(minor(usd["Price"], "USD"), 2) in held
+
+    seen = len(h.ct.api_responses())
+    again = await sync_prices(settings, h.engine, event_hooks=h.hooks())
+    assert len(h.ct.api_responses()) == seen  # zero commercetools calls
+    assert again.unchanged == summary.records and again.updated == again.created == 0
+
+    # a hook that fails every price sends each to the error queue and deletes none of them
+    broken = settings.prices.model_copy(
+        update={"mapping": PriceMappingSettings(hook="tests.mapping.hook_samples:rekeys_the_price")}
+    )
+    failing = await sync_prices(
+        settings.model_copy(update={"prices": broken}), h.engine, event_hooks=h.hooks()
+    )
+    # (before the priority rules: rows another would supersede fail too)
+    assert failing.failed >= summary.records and failing.records == failing.deleted == 0
+    assert len(h.ct.api_responses()) == seen
+    entries = ErrorQueue(h.engine).list(flow="prices", limit=1000)
+    assert len(entries) == failing.failed and {e.step for e in entries} == {"map"}
+    assert "changed key, which d365ct manages" in entries[0].error
+    assert {p["id"] for p in ct_prices(h)} == set(before)

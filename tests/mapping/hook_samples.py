@@ -36,3 +36,17 @@ def restock_days_or_fail(draft: dict[str, Any], source: Mapping[str, Any]) -> di
         raise RuntimeError(f"{source['sku']} has {len(source['rows'])} rows")
     draft["restockableInDays"] = 3
     return draft
+
+
+def rekeys_the_price(draft: dict[str, Any], row: Mapping[str, Any]) -> dict[str, Any]:
+    draft["key"] = "my-" + draft["key"]
+    return draft
+
+
+def wholesale_group_or_fail(draft: dict[str, Any], row: Mapping[str, Any]) -> dict[str, Any]:
+    """A price hook that scopes item D0002's prices to a customer group and refuses D0003's."""
+    if row["ItemNumber"] == "D0003":
+        raise LookupError("D0003 has no web price")
+    if row["ItemNumber"] == "D0002":
+        draft["customerGroup"] = {"typeId": "customer-group", "key": "wholesale"}
+    return draft

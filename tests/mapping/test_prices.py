@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from d365ct.commercetools import money_value
 from d365ct.mapping.catalog import Variant, variant_of
+from d365ct.mapping.examples import charm_prices
 from d365ct.mapping.prices import (
     PriceOptions,
     customer_group_key,
@@ -19,6 +20,7 @@ from d365ct.mapping.prices import (
     to_decimal,
     unit_price,
 )
+from tests.mapping import hook_samples
 
 NOW = datetime(2026, 6, 1, 8, tzinfo=UTC)
 NO_DATE = "1900-01-01T12:00:00Z"
@@ -273,3 +275,78 @@ def test_a_more_specific_price_beats_a_later_start() -> None:
     mapping = price_plans([master, variant], known, OPTIONS, now=NOW)
     assert [p.key for p in mapping.plans] == ["usmf-2"]
     assert [r.kind for r in mapping.skipped] == ["superseded"]
+
+
+def hooked(hook: Any) -> PriceOptions:
+    return PriceOptions("usmf", country="US", hook=hook, hook_name="my.hooks:price")
+
+
+def test_a_price_hook_changes_the_value_and_the_hash_follows() -> None:
+    rows = [row(1, price="12.50"), row(2, item="D0002", price="13.00"), row(3, price="0.50")]
+    rows[2]["PriceCurrencyCode"] = "EUR"
+    default = price_plans(rows, {}, OPTIONS, now=NOW).plans
+    charmed = price_plans(rows, {}, hooked(charm_prices), now=NOW)
+    assert not charmed.rejected
+    cents = {
+        (p.sku, p.draft["value"]["currencyCode"]): p.draft["value"]["centAmount"]
+        for p in charmed.plans
+    }
+    assert cents == {("D0001", "USD"): 1199, ("D0002", "USD"): 1299, ("D0001", "EUR"): 50}
+    # a new value is an update of the same price: same state key, new content hash
+    assert [p.state_key for p in charmed.plans] == [p.state_key for p in default]
+    hashes = {p.state_key: p.content_hash for p in default}
+    changed = [p for p in charmed.plans if p.content_hash != hashes[p.state_key]]
+    assert {p.sku for p in changed} == {"D0001", "D0002"} and len(changed) == 2
+
+
+def test_a_price_hook_that_raises_or_rekeys_fails_only_that_price() -> None:
+    rows = [row(1), row(2, item="D0002"), row(3, item="D0003")]
+    mapping = price_plans(rows, {}, hooked(hook_samples.wholesale_group_or_fail), now=NOW)
+    [failure] = mapping.errors
+    assert failure.record == "usmf-3" and failure.row["ItemNumber"] == "D0003"
+    assert failure.reason == (
+        "mapping hook my.hooks:price failed for price usmf-3: LookupError: D0003 has no web price"
+    )
+    plans = {p.sku: p for p in mapping.plans}
+    assert set(plans) == {"D0001", "D0002"}
+    # a customer group is scope: a new state key, and the group the flow makes sure exists
+    assert plans["D0002"].group == "wholesale"
+    assert plans["D0002"].draft["customerGroup"]["key"] == "wholesale"
+    assert plans["D0001"].group is None
+
+    rekeyed = price_plans(rows[:1], {}, hooked(hook_samples.rekeys_the_price), now=NOW)
+    assert not rekeyed.plans
+    assert rekeyed.errors[0].reason == (
+        "mapping hook my.hooks:price failed for price usmf-1: changed key, which d365ct manages"
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"sku": "OTHER"}, "changed sku, which d365ct manages"),
+        ({"value": {"currencyCode": "USD", "centAmount": -1}}, "non-negative int"),
+        ({"value": {"currencyCode": "USD", "centAmount": 1.5}}, "non-negative int"),
+        ({"validFrom": "2027-01-02T00:00:00Z", "validUntil": "2027-01-01T00:00:00Z"}, "after"),
+        ({"country": "usa"}, "ISO 3166"),
+        ({"channel": {"typeId": "channel", "id": "abc"}}, "'key'"),
+    ],
+)
+def test_a_price_hook_draft_is_checked(change: dict[str, Any], problem: str) -> None:
+    def hook(draft: dict[str, Any], source: Any) -> dict[str, Any]:
+        return {**draft, **change}
+
+    mapping = price_plans([row(1)], {}, hooked(hook), now=NOW)
+    assert not mapping.plans and problem in mapping.errors[0].reason
+
+
+def test_a_price_hook_sets_validity_and_channel_as_scope() -> None:
+    def hook(draft: dict[str, Any], source: Any) -> dict[str, Any]:
+        draft["validFrom"] = "2026-07-01T00:00:00.000Z"
+        draft["channel"] = {"typeId": "channel", "key": "web"}
+        return draft
+
+    [default] = price_plans([row(1)], {}, OPTIONS, now=NOW).plans
+    [plan] = price_plans([row(1)], {}, hooked(hook), now=NOW).plans
+    assert plan.key == default.key and plan.state_key != default.state_key
+    assert plan.scope[-1] == "web" and len(default.scope) == 6

@@ -37,6 +37,7 @@ from d365ct.flows.catalog import (
     record_failure,
 )
 from d365ct.flows.setup import ensure_customer_groups
+from d365ct.hooks import PRICES_HOOK_KEY, load_hook
 from d365ct.mapping.prices import (
     PRICE_FIELDS,
     PRICE_VARIANT_FIELDS,
@@ -93,12 +94,16 @@ def _held_scope(price: Mapping[str, Any], group_keys: Mapping[str, str]) -> tupl
         group_keys.get(str(group.get("id"))) if group else None,
         _instant(price.get("validFrom")),
         _instant(price.get("validUntil")),
+        *((f"id:{price['channel'].get('id')}",) if price.get("channel") else ()),
     )
 
 
 def _plan_scope(plan: PricePlan) -> tuple[Any, ...]:
-    sku, currency, country, group, valid_from, valid_until = plan.scope
-    return (sku, currency, country, group, _instant(valid_from), _instant(valid_until))
+    sku, currency, country, group, valid_from, valid_until, *channel = plan.scope
+    scope = (sku, currency, country, group, _instant(valid_from), _instant(valid_until))
+    # A channel (only a hook sets one) is named by key, which a held price does not show: such
+    # a price never matches a held one here, so a lost store cannot be recovered for it.
+    return (*scope, *channel)
 
 
 @dataclass
@@ -135,8 +140,10 @@ class _PriceSync:
     async def run(self, entity: LegalEntitySettings, mapping: PriceMapping) -> None:
         summary = self.summary
         for row in mapping.errors:
+            # amounts are Decimal (read exactly): the queue's JSON gets their text
+            payload = json.loads(json.dumps(row.row, default=str))
             record_failure(
-                self.errors, summary, key=row.record, step="map", error=row.reason, payload=row.row
+                self.errors, summary, key=row.record, step="map", error=row.reason, payload=payload
             )
         for row in mapping.skipped:
             summary.skipped += 1
@@ -147,7 +154,14 @@ class _PriceSync:
 
         stored = self.state.items(FLOW, prefix=f"{entity.id}-")
         desired = {plan.state_key for plan in plans}
-        vanished = {key: record for key, record in stored.items() if key not in desired}
+        # A price whose hook failed keeps what commercetools holds (whatever its scope): a broken
+        # hook must not delete prices, as an inventory hook's failure zeroes no entry.
+        held_back = {row.record for row in mapping.errors if row.kind == "hook"}
+        vanished = {
+            key: record
+            for key, record in stored.items()
+            if key not in desired and key.rpartition("@")[0] not in held_back
+        }
         writes: list[_Write] = []
         for plan in plans:
             record = stored.get(plan.state_key)
@@ -356,6 +370,7 @@ async def sync_prices(
         raise ConfigurationError("no [[legal_entities]] configured: nothing to price")
     summary = SyncSummary(FLOW, [e.id for e in entities], full=full, dry_run=dry_run)
     progress = progress or NullProgress()
+    hook = load_hook(settings.prices.mapping.hook, PRICES_HOOK_KEY)
     async with adapters(settings, event_hooks=event_hooks) as ad:
         ct = ad.commercetools("catalog")
         sync = _PriceSync(engine, ct, summary, progress)
@@ -372,7 +387,10 @@ async def sync_prices(
                     )
                 ]
                 options = PriceOptions(
-                    entity.id, country=entity.countries[0].upper() if entity.countries else None
+                    entity.id,
+                    country=entity.countries[0].upper() if entity.countries else None,
+                    hook=hook,
+                    hook_name=settings.prices.mapping.hook or "",
                 )
                 now = clock() if clock is not None else datetime.now(UTC)
                 await sync.run(entity, price_plans(rows, variants, options, now=now))

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["SAFETY_STOCK", "describe_with_search_name", "hold_back_safety_stock"]
+__all__ = ["SAFETY_STOCK", "charm_prices", "describe_with_search_name", "hold_back_safety_stock"]
 
 SAFETY_STOCK = 2  # units per entry the storefront must not sell (a damaged box, a miscount)
 
@@ -31,4 +31,16 @@ def describe_with_search_name(draft: dict[str, Any], row: Mapping[str, Any]) -> 
 def hold_back_safety_stock(draft: dict[str, Any], source: Mapping[str, Any]) -> dict[str, Any]:
     """Inventory hook: publish SAFETY_STOCK units less than D365 has available, never below 0."""
     draft["quantityOnStock"] = max(0, draft["quantityOnStock"] - SAFETY_STOCK)
+    return draft
+
+
+def charm_prices(draft: dict[str, Any], row: Mapping[str, Any]) -> dict[str, Any]:
+    """Price hook: every price drops to the nearest amount ending in …99 minor units at or below
+    it (12.50 → 11.99, 13.00 → 12.99, 12.99 stays); prices below one unit, and currencies
+    without minor units (JPY), stay as they are."""
+    value = draft["value"]
+    unit = 10 ** value["fractionDigits"]
+    cents = value["centAmount"]
+    if cents + 1 >= unit:
+        value["centAmount"] = (cents + 1) // unit * unit - 1
     return draft

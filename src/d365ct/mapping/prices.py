@@ -5,10 +5,11 @@ Pure: `now` is passed in. Money is Decimal → integer minor units (ISO 4217), r
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
@@ -21,6 +22,7 @@ from d365ct.mapping.skus import variant_sku
 __all__ = [
     "PRICE_FIELDS",
     "PRICE_VARIANT_FIELDS",
+    "PriceHook",
     "PriceMapping",
     "PriceOptions",
     "PricePlan",
@@ -51,12 +53,18 @@ _KEY_SAFE = re.compile(r"^[A-Za-z0-9_-]+$")
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
 _ONE_MS = timedelta(milliseconds=1)
 
+# (a copy of the default StandalonePriceDraft, a copy of its D365 SalesPriceAgreements row) →
+# the draft to use; see d365ct.hooks
+PriceHook = Callable[[dict[str, Any], Mapping[str, Any]], dict[str, Any]]
+
 
 @dataclass(frozen=True)
 class PriceOptions:
     legal_entity: str  # dataAreaId: the prices of one company
     country: str | None = None  # the legal entity's first configured country, if any
     group_prefix: str = "d365-"  # commercetools CustomerGroup key = prefix + D365 group code
+    hook: PriceHook | None = None  # [prices.mapping] hook, loaded (d365ct.hooks.load_hook)
+    hook_name: str = ""  # how error texts name the hook: its package.module:function
 
     def __post_init__(self) -> None:
         if self.country is not None and not _COUNTRY.match(self.country):
@@ -100,7 +108,9 @@ class RejectedRow:
     reason: str
     error: bool
     row: Mapping[str, Any] = field(default_factory=dict)
-    kind: str = "invalid"  # invalid | customer-specific | site-specific | expired | superseded
+    # invalid | hook (the mapping hook failed; `record` is the price key) | customer-specific |
+    # site-specific | expired | superseded
+    kind: str = "invalid"
 
 
 @dataclass(frozen=True)
@@ -173,7 +183,7 @@ def _start(day: date) -> datetime:
 
 def _scope(draft: Mapping[str, Any]) -> tuple[str | None, ...]:
     group = draft.get("customerGroup")
-    return (
+    scope: tuple[str | None, ...] = (
         draft["sku"],
         draft["value"]["currencyCode"],
         draft.get("country"),
@@ -181,6 +191,10 @@ def _scope(draft: Mapping[str, Any]) -> tuple[str | None, ...]:
         draft.get("validFrom"),
         draft.get("validUntil"),
     )
+    channel = draft.get("channel")
+    if channel:  # only a hook sets one; appended, so the scopes of other prices keep their digest
+        scope += (str(channel.get("key") or channel.get("id")),)
+    return scope
 
 
 def _digest(data: object, length: int = 64) -> str:
@@ -251,6 +265,9 @@ def price_plans(
         if skip is not None:
             kind, reason = skip
             rejected.append(RejectedRow(record, reason, False, dict(row), kind))
+        if options.hook is not None:
+            made, failed = _hooked(made, row, options, now)
+            rejected.extend(failed)
         candidates.extend(made)
 
     plans: list[PricePlan] = []
@@ -278,6 +295,96 @@ def price_plans(
         plans.extend(c.plan for c in kept)
     plans.sort(key=lambda p: p.state_key)
     return PriceMapping(plans, rejected)
+
+
+def _hooked(
+    made: Sequence[_Candidate], row: Mapping[str, Any], options: PriceOptions, now: datetime
+) -> tuple[list[_Candidate], list[RejectedRow]]:
+    """The candidates after the price hook. Applied before the priority resolution, so a
+    validity the hook sets competes like one D365 holds; each price's failure is its own."""
+    assert options.hook is not None
+    kept: list[_Candidate] = []
+    failed: list[RejectedRow] = []
+    for candidate in made:
+        plan = candidate.plan
+        problem: str | None
+        try:
+            changed = options.hook(copy.deepcopy(plan.draft), copy.deepcopy(dict(row)))
+        except Exception as exc:  # user code failing fails this price, not the run
+            problem = f"{type(exc).__name__}: {exc}"
+        else:
+            problem = _draft_problem(changed, plan.draft)
+        if problem is not None:
+            reason = f"mapping hook {options.hook_name} failed for price {plan.key}: {problem}"
+            failed.append(RejectedRow(plan.key, reason, True, dict(row), "hook"))
+            continue
+        start = _instant(changed.get("validFrom"))
+        end = _instant(changed.get("validUntil"))
+        if end is not None and end < now:
+            reason = f"expired on {changed['validUntil']} (validity set by the mapping hook)"
+            failed.append(RejectedRow(plan.key, reason, False, dict(row), "expired"))
+            continue
+        group = changed.get("customerGroup")
+        state_key = f"{plan.key}@{_digest(_scope(changed), 12)}"
+        hooked = PricePlan(
+            state_key,
+            plan.key,
+            plan.sku,
+            plan.record_id,
+            changed,
+            _digest(changed),
+            str(group["key"]) if group else None,
+        )
+        kept.append(_Candidate(hooked, candidate.specificity, start, end, candidate.since))
+    return kept, failed
+
+
+def _instant(value: object) -> datetime | None:
+    if value is None:
+        return None
+    moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _draft_problem(changed: object, default: Mapping[str, Any]) -> str | None:
+    """Why a hook's draft cannot be sent, or None. Checked here, so a bad draft fails its own
+    price at mapping time rather than as a refused write."""
+    if not isinstance(changed, dict):
+        return f"returned {type(changed).__name__}, not a standalone price draft (dict)"
+    for name in ("key", "sku"):
+        if changed.get(name) != default[name]:
+            return f"changed {name}, which d365ct manages"
+    value = changed.get("value")
+    if not isinstance(value, dict) or not isinstance(value.get("currencyCode"), str):
+        return f"value must be a Money draft with a currencyCode, not {value!r}"
+    cents = value.get("centAmount")
+    if isinstance(cents, bool) or not isinstance(cents, int) or cents < 0:
+        return f"value.centAmount must be a non-negative int, not {cents!r}"
+    try:
+        digits = fraction_digits(value["currencyCode"])
+    except ValueError as exc:
+        return f"value: {exc}"
+    if value.get("fractionDigits", digits) != digits or value.get("type", "centPrecision") != (
+        "centPrecision"
+    ):
+        return f"value must be centPrecision with {digits} fraction digits"
+    try:
+        start, end = _instant(changed.get("validFrom")), _instant(changed.get("validUntil"))
+    except ValueError as exc:
+        return f"validFrom/validUntil must be ISO 8601 instants: {exc}"
+    if start is not None and end is not None and end < start:
+        return f"validFrom {changed['validFrom']} is after validUntil {changed['validUntil']}"
+    country = changed.get("country")
+    if country is not None and not (isinstance(country, str) and _COUNTRY.match(country)):
+        return f"country must be an ISO 3166 alpha-2 code, not {country!r}"
+    for name, type_id in (("customerGroup", "customer-group"), ("channel", "channel")):
+        reference = changed.get(name)
+        if reference is None:
+            continue
+        keyed = isinstance(reference, dict) and isinstance(reference.get("key"), str)
+        if not keyed or reference.get("typeId", type_id) != type_id:
+            return f"{name} must be {{'typeId': '{type_id}', 'key': ...}}, not {reference!r}"
+    return None
 
 
 def _collides(a: _Candidate, b: _Candidate) -> bool:

@@ -56,6 +56,7 @@ EXAMPLES: Final[dict[str, Any]] = {
     "catalog.mapping.slug_field": "ItemNumber",
     "catalog.mapping.hook": "d365ct.mapping.examples:describe_with_search_name",
     "inventory.mapping.hook": "d365ct.mapping.examples:hold_back_safety_stock",
+    "prices.mapping.hook": "d365ct.mapping.examples:charm_prices",
 }
 # Keys written active (not commented out) although they have a default: secure by default means
 # an example that configures its tokens.
