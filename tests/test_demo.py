@@ -95,3 +95,11 @@ def test_demo_clients_ask_for_exactly_the_scopes_each_concern_needs(tmp_path: Pa
         "customers": [f"manage_customers:{PROJECT_KEY}"],
     }
     assert not {s.split(":")[0] for c in scopes.values() for s in c} & set(BROAD_SCOPES)
+
+
+def test_a_token_the_user_chose_is_named_not_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from d365ct.demo import SERVICE_TOKEN_ENV, shown_token
+
+    monkeypatch.setenv(SERVICE_TOKEN_ENV, "users-own-secret")
+    assert shown_token(chosen=True) == f"${SERVICE_TOKEN_ENV}"
+    assert shown_token(chosen=False) == "users-own-secret"  # made up by the demo itself

@@ -277,6 +277,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def shown_token(*, chosen: bool) -> str:
+    """How the console names the dashboard token: the one the demo made up, or — when the user
+    chose their own in the environment — the variable, since a secret of theirs is never echoed."""
+    return f"${SERVICE_TOKEN_ENV}" if chosen else os.environ[SERVICE_TOKEN_ENV]
+
+
 def service_sections(port: int, *, schedules: bool) -> dict[str, Any]:
     """What the demo's `d365ct run` adds to the sandbox settings: loopback bind and fresh tokens,
     short micro-batch windows, and the cron schedules (off when the demo exits when settled)."""
@@ -447,6 +453,7 @@ def run_demo(
         with running_peers(products, job_seconds, d365_port) as sandbox:
             echo(f"D365 F&O simulator   {sandbox.d365_url} ({sandbox.seeded_rows:,} rows)")
             echo(f"commercetools mock   {sandbox.ct_url}/{PROJECT_KEY}")
+            chosen_token = SERVICE_TOKEN_ENV in os.environ
             sections = service_sections(
                 service_port or free_port(), schedules=not exit_when_settled
             )
@@ -454,7 +461,7 @@ def run_demo(
             results = asyncio.run(run_flows(settings, _show_step(echo)))
             problems = expected_outcome(results)
             with running_service(settings, sandbox.workdir) as service:
-                token = os.environ[SERVICE_TOKEN_ENV]
+                token = shown_token(chosen=chosen_token)
                 echo(f"service              {service.base_url} (log {service.log_path})")
                 echo(f"dashboard            {service.dashboard}  sign in with token {token}")
                 started = time.monotonic()
