@@ -35,9 +35,8 @@ import json
 import math
 import tempfile
 import time
-import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -296,21 +295,12 @@ async def _create_orders(
 
 
 def _message(order: dict[str, Any]) -> dict[str, Any]:
-    now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    return {
-        "notificationType": "Message",
-        "projectKey": PROJECT_KEY,
-        "id": str(uuid.uuid4()),
-        "version": 1,
-        "sequenceNumber": 1,
-        "resource": {"typeId": "order", "id": order["id"]},
-        "resourceVersion": order["version"],
-        "resourceUserProvidedIdentifiers": {"orderNumber": order["orderNumber"]},
-        "type": "OrderCreated",
-        "createdAt": now,
-        "lastModifiedAt": now,
-        "order": order,
-    }
+    from d365ct.storefront import subscription_message
+
+    identifiers = {"orderNumber": order["orderNumber"]}
+    return subscription_message(
+        PROJECT_KEY, "order", order, "OrderCreated", identifiers=identifiers, order=order
+    )
 
 
 def _accept(inbox: Inbox, orders: Sequence[dict[str, Any]]) -> list[str]:

@@ -85,6 +85,10 @@ def subscription_message(
     resource_type: str,
     resource: Mapping[str, Any],
     message_type: str,
+    *,
+    sequence: int = 1,
+    message_id: str | None = None,
+    identifiers: Mapping[str, Any] | None = None,
     **payload: Any,
 ) -> dict[str, Any]:
     """A message in commercetools' platform format, as a Subscription delivers it."""
@@ -92,12 +96,12 @@ def subscription_message(
     return {
         "notificationType": "Message",
         "projectKey": project_key,
-        "id": str(uuid.uuid4()),
+        "id": message_id or str(uuid.uuid4()),
         "version": 1,
-        "sequenceNumber": 1,
+        "sequenceNumber": sequence,
         "resource": {"typeId": resource_type, "id": resource["id"]},
         "resourceVersion": resource["version"],
-        "resourceUserProvidedIdentifiers": {},
+        "resourceUserProvidedIdentifiers": dict(identifiers or {}),
         "type": message_type,
         "createdAt": now,
         "lastModifiedAt": now,

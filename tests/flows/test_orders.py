@@ -39,6 +39,7 @@ from d365ct.mapping.skus import variant_sku
 from d365ct.store import make_engine
 from d365ct.store.error_queue import ErrorQueue
 from d365ct.store.sync_state import SyncStateStore
+from d365ct.storefront import subscription_message
 from tests.ct_fixtures import CtMock
 from tests.flows.support import SECRET_ENV, full_settings
 from tests.sim_fixtures import RunningSim
@@ -99,32 +100,8 @@ class CommerceEnv:
         return ErrorQueue(self.engine)
 
 
-def message(
-    project_key: str,
-    resource_type: str,
-    resource: dict[str, Any],
-    message_type: str,
-    *,
-    sequence: int = 1,
-    message_id: str | None = None,
-    **fields: Any,
-) -> dict[str, Any]:
-    """A message in the platform format, as a Subscription delivers it."""
-    now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    return {
-        "notificationType": "Message",
-        "projectKey": project_key,
-        "id": message_id or str(uuid.uuid4()),
-        "version": 1,
-        "sequenceNumber": sequence,
-        "resource": {"typeId": resource_type, "id": resource["id"]},
-        "resourceVersion": resource["version"],
-        "resourceUserProvidedIdentifiers": {},
-        "type": message_type,
-        "createdAt": now,
-        "lastModifiedAt": now,
-        **fields,
-    }
+# A message in the platform format, as a Subscription delivers it (also what the demo pushes).
+message = subscription_message
 
 
 def order_created(env: CommerceEnv, order: dict[str, Any], **options: Any) -> dict[str, Any]:
