@@ -9,8 +9,6 @@ import asyncio
 import json
 import os
 import random
-import socket
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,7 +18,6 @@ from typing import Any
 import boto3
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from moto.server import ThreadedMotoServer
 
@@ -28,6 +25,7 @@ from d365ct.config import IntakeSettings
 from d365ct.flows.orders import process_inbox
 from d365ct.intake import Inbox, SqsConsumer, intake_router
 from d365ct.mapping.orders import STATUS_FIELD
+from tests.asgi_server import serve_in_thread
 from tests.ct_fixtures import CtMock
 from tests.flows.test_orders import (
     CommerceEnv,
@@ -58,19 +56,8 @@ def intake_url(env: CommerceEnv) -> Iterator[str]:
     """The intake route on a real uvicorn server, storing into the environment's inbox."""
     app = FastAPI()
     app.include_router(intake_router(env.inbox, lambda: TOKEN))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}/intake/commercetools"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serve_in_thread(app) as base_url:
+        yield f"{base_url}/intake/commercetools"
 
 
 @pytest.fixture

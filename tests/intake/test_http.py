@@ -4,22 +4,19 @@ through httpx's ASGI transport and over a real uvicorn server."""
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
 import pytest
 import sqlalchemy as sa
-import uvicorn
 from fastapi import FastAPI
 
 from d365ct.config import IntakeSettings
 from d365ct.errors import ConfigurationError
 from d365ct.intake import INTAKE_PATH, Inbox, intake_router, settings_token_provider
 from d365ct.store.error_queue import ErrorQueue
+from tests.asgi_server import serve_in_thread
 from tests.intake import samples
 
 TOKEN = "s3cret-intake-token"
@@ -205,22 +202,8 @@ async def test_store_failure_is_503_so_the_sender_retries(
 
 @pytest.fixture
 def served(sqlite_inbox: Inbox) -> Iterator[str]:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(make_app(sqlite_inbox), log_level="warning", access_log=False)
-    )
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
-    sock.close()
+    with serve_in_thread(make_app(sqlite_inbox)) as base_url:
+        yield base_url
 
 
 def test_over_a_real_server(served: str, sqlite_inbox: Inbox) -> None:

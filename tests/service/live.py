@@ -10,15 +10,11 @@ import contextlib
 import json
 import os
 import shutil
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import sqlalchemy as sa
-import uvicorn
 
 from d365ct.config import Settings
 from d365ct.intake import Inbox
@@ -27,6 +23,7 @@ from d365ct.service.logging import Redactor
 from d365ct.service.replay import flow_registry
 from d365ct.store import make_engine, migrate
 from d365ct.store.error_queue import ErrorEntry
+from tests.asgi_server import serve_in_thread
 from tests.intake.samples import order_created
 from tests.service.conftest import D365_SECRET, D365_SECRET_ENV, TOKEN, TOKEN_ENV, make_settings
 from tests.service.seed import Seeded, seed
@@ -60,13 +57,6 @@ class LiveDashboard:
         return self.base_url + path
 
 
-def _free_socket() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    return sock
-
-
 @contextlib.contextmanager
 def live_dashboard(workdir: Path) -> Iterator[LiveDashboard]:
     """Serve the dashboard on a fresh store in ``workdir`` until the block ends."""
@@ -94,24 +84,10 @@ def live_dashboard(workdir: Path) -> Iterator[LiveDashboard]:
         replay_registry=flow_registry(settings, ["intake"]),
         redactor=Redactor([D365_SECRET, TOKEN]),
     )
-    sock = _free_socket()
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
-    )
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
     try:
-        deadline = time.monotonic() + 30
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the dashboard did not start within 30 s")
-            time.sleep(0.02)
-        yield LiveDashboard(f"http://127.0.0.1:{port}", settings, engine, seeded, intake_error)
+        with serve_in_thread(app, what="the dashboard", lifespan="on") as base_url:
+            yield LiveDashboard(base_url, settings, engine, seeded, intake_error)
     finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-        sock.close()
         engine.dispose()
         for name, value in previous.items():
             if value is None:
